@@ -1,0 +1,108 @@
+"""Built-in tiny models and sample datasets, for running with no Hub access.
+
+They are written once into the cache directory (``TRACKER_CACHE_DIR``, default
+``~/.cache/tracker``) and then read back through the same loading code as any local model or
+dataset file, so the offline path exercises the real one. Tiny models have random weights: their
+quality figures mean nothing, and runs that use them are labelled so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_MODEL = "builtin-tiny"
+BUILTIN_DATASET = "builtin"
+# Bump when a generator or a tiny model's recipe changes, so stale caches are not reused.
+BUILTIN_VERSION = 1
+SAMPLE_ROWS = 2000
+
+
+def cache_dir() -> Path:
+    """Where built-in artefacts and the precision probe's results are kept."""
+    configured = os.environ.get("TRACKER_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "tracker"
+
+
+def build_once(kind: str, name: str, build: Callable[[Path], None]) -> Path:
+    """Return ``cache/kind/name-vN``, building it first if needed.
+
+    The build happens in a private temporary folder that is renamed into place, so two runs
+    starting at once never see a half-written model.
+    """
+    final = cache_dir() / kind / f"{name}-v{BUILTIN_VERSION}"
+    if (final / ".complete").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
+    try:
+        logger.info("building built-in %s %s in %s", kind, name, final)
+        build(staging)
+        (staging / ".complete").touch()
+        try:
+            os.rename(staging, final)
+        except OSError:
+            if not (final / ".complete").exists():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def builtin_dataset_file(task_name: str, make_rows: Callable[[int, random.Random], list[dict]]) -> Path:
+    """The JSON-lines sample dataset of a task, written on first use."""
+
+    def write(folder: Path) -> None:
+        rows = make_rows(SAMPLE_ROWS, random.Random(f"{task_name}-{BUILTIN_VERSION}"))
+        with open(folder / "data.jsonl", "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+
+    return build_once("datasets", task_name, write) / "data.jsonl"
+
+
+def train_tokenizer(texts: Iterable[str], style: Literal["bert", "bart"], vocab_size: int = 2000):
+    """A fast tokenizer trained on the sample texts, in the style of the task's real model.
+
+    "bert": lower-cased WordPiece with [CLS]/[SEP]; "bart": byte-level BPE with <s>/</s>.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if style == "bert":
+        specials = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
+                    "sep_token": "[SEP]", "mask_token": "[MASK]"}
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(specials.values()))
+        start, end = "[CLS]", "[SEP]"
+    else:
+        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>",
+                    "unk_token": "<unk>", "mask_token": "<mask>"}
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(specials.values()),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        start, end = "<s>", "</s>"
+    tokenizer.train_from_iterator(texts, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A {end}",
+        pair=f"{start} $A {end} $B:1 {end}:1",
+        special_tokens=[(start, tokenizer.token_to_id(start)), (end, tokenizer.token_to_id(end))],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=512, **specials)

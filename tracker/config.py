@@ -1,0 +1,103 @@
+"""The one validated configuration of a measured run.
+
+Values arrive as strings from the CLI and the MLproject entry point; ``RunConfig.parse`` checks
+each one and raises a ConfigError that names the flag, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tracker.errors import ConfigError
+from tracker.precision import PRECISIONS
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+TRACKING_MODES = ("machine", "process")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    task: str
+    model: str | None = None  # None: the task's default
+    dataset: str | None = None  # None: the task's default
+    n_samples: int = 1000  # the paper's protocol: 1,000 inferences
+    batch_size: int = 1  # the paper's protocol: one input at a time
+    precision: str = "fp32"
+    device: str = "auto"
+    repeats: int = 1
+    warmup: int = 1  # batches run before measuring, not counted
+    country: str | None = None
+    carbon_intensity: float | None = None  # gCO2eq/kWh, overrides the country's mix
+    max_new_tokens: int = 15  # the paper's limit for generated summaries
+    experiment: str | None = None  # None: named after the task
+    seed: int = 0
+    tracking_mode: str = "machine"
+    text_column: str | None = None
+    target_column: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def parse(cls, **raw: Any) -> RunConfig:
+        """Build from raw (often string) values; empty strings and None mean "default"."""
+        values = {k: (None if isinstance(v, str) and v.strip() == "" else v) for k, v in raw.items()}
+        values = {k: v for k, v in values.items() if v is not None}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        if "task" not in values:
+            raise ConfigError("a task is required: pass --task NAME (see `tracker tasks`)")
+        for name, minimum in (("n_samples", 1), ("batch_size", 1), ("repeats", 1), ("warmup", 0),
+                              ("max_new_tokens", 1), ("seed", 0)):
+            if name in values:
+                values[name] = _integer(name, values[name], minimum)
+        if "carbon_intensity" in values:
+            values["carbon_intensity"] = _number("carbon_intensity", values["carbon_intensity"])
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        from tracker.tasks import get_task
+
+        get_task(self.task)  # unknown task: "did you mean"
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{self.precision}': choose one of {', '.join(PRECISIONS)}")
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
+        if self.tracking_mode not in TRACKING_MODES:
+            raise ConfigError(f"unknown tracking mode '{self.tracking_mode}': use machine or process")
+        if self.carbon_intensity is not None and self.carbon_intensity < 0:
+            raise ConfigError(f"--carbon-intensity must be >= 0 gCO2eq/kWh, got {self.carbon_intensity:g}")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.task
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is None or not number.is_integer() or number < minimum:
+        kind = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+        raise ConfigError(f"{flag(name)} must be {kind}, got '{text}'")
+    return int(number)
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag(name)} must be a number, got '{value}'") from None

@@ -1,0 +1,229 @@
+"""One measured run, from a validated config to a finished MLflow run.
+
+Everything that can be checked before measuring is checked first (tracking server, country,
+device, precision, model and dataset), so bad input leaves no run behind. Once the run exists it
+always ends: FINISHED, FAILED with the reason, or KILLED with the energy measured so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import platform
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+from tracker import hub
+from tracker.carbon import resolve_location
+from tracker.config import RunConfig
+from tracker.data import Columns, load_dataset
+from tracker.errors import ConfigError
+from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
+from tracker.models import resolve_model
+from tracker.precision import ensure_supported
+from tracker.runner import RunOutcome, RunPlan, execute
+from tracker.signals import interrupts_raise
+from tracker.summary import run_metrics
+from tracker.tasks import get_task
+from tracker.tasks.base import GenerationSettings
+from tracker.tracking import RunRecorder, check_tracking_server, recorded_run
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_SAMPLE_ROWS = 50
+VERSIONED_PACKAGES = ("tracker", "torch", "transformers", "codecarbon", "mlflow", "datasets")
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    experiment: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def measure(config: RunConfig) -> RunReport:
+    """Run, measure and log one task/model/dataset combination."""
+    check_tracking_server()
+    task = get_task(config.task)
+    location = resolve_location(config.country, config.carbon_intensity)
+    device = resolve_device(config.device)
+    precision_probe = ensure_supported(device, config.precision)
+    reachable = hub.prepare()
+    model = resolve_model(task, config.model, hub_reachable=reachable)
+    columns = (Columns(config.text_column or task.text_column, config.target_column or task.target_column)
+               if config.text_column or config.target_column else None)
+    dataset = load_dataset(task, config.dataset, config.n_samples, hub_reachable=reachable,
+                           columns=columns)
+    plan = RunPlan(task=task, model=model, dataset=dataset, device=device, precision=config.precision,
+                   batch_size=config.batch_size, repeats=config.repeats, warmup=config.warmup,
+                   settings=GenerationSettings(max_new_tokens=config.max_new_tokens))
+    _seed(config.seed)
+
+    tags = _provenance_tags(plan, reachable)
+    if precision_probe.env:
+        tags["tracker.precision.note"] = " ".join(f"{k}={v}" for k, v in precision_probe.env.items())
+    meter = EnergyMeter(location=location, gpu_ids=_gpu_ids(device),
+                        tracking_mode=config.tracking_mode)  # type: ignore[arg-type]
+    run_name = f"{_short(model.name)} · {dataset.name} · bs{config.batch_size} · {config.precision}"
+    with recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
+        recorder.log(params=_params(config, plan, location.country_iso_code))
+        recorder.log_json(config.as_dict() | {"resolved_model": model.location,
+                                              "resolved_dataset": dataset.location,
+                                              "resolved_device": device}, "config.json")
+        outcome = RunOutcome()
+        try:
+            with interrupts_raise(), _progress_bar(config, dataset.name) as progress:
+                execute(plan, meter, outcome, progress)
+        finally:
+            meter.close()
+            logged = _log_outcome(recorder, plan, meter, outcome)
+    return RunReport(recorder.run_id, config.experiment_name, *logged)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{requested}' requested but torch sees no CUDA GPU; use --device cpu")
+        index = int(requested.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{requested}' does not exist: torch sees "
+                              f"{torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return f"cuda:{index}"
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' requested but it is not available; use --device cpu")
+    return requested
+
+
+def _gpu_ids(device: str) -> list[int | str] | None:
+    """The GPU this run uses, as CodeCarbon names it; None (all GPUs) for runs off the GPU."""
+    import os
+
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.partition(":")[2] or 0)
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if visible:
+        chosen = visible[index].strip()
+        return [int(chosen) if chosen.isdigit() else chosen]
+    return [index]
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "task": config.task, "model": plan.model.name, "dataset": plan.dataset.name,
+        "n_samples": config.n_samples, "batch_size": config.batch_size,
+        "precision": config.precision, "device": plan.device, "repeats": config.repeats,
+        "warmup": config.warmup, "country_iso_code": country, "seed": config.seed,
+    }
+    if config.carbon_intensity is not None:
+        params["carbon_intensity_override_g_per_kwh"] = config.carbon_intensity
+    if plan.task.generative:
+        params["max_new_tokens"] = config.max_new_tokens
+    return params
+
+
+def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
+    model, dataset = plan.model, plan.dataset
+    fallbacks = [r for r in (model.fallback_reason, dataset.fallback_reason) if r]
+    builtin_used = model.source == "builtin-tiny" or dataset.source == "builtin"
+    tags = {
+        "tracker.model.source": model.source,
+        "tracker.model.location": model.location,
+        "tracker.model.kind": "task-specific",
+        "tracker.dataset.source": dataset.source,
+        "tracker.dataset.location": dataset.location,
+        "tracker.quality.meaningful": str(not builtin_used).lower(),
+        "tracker.hub.reachable": str(hub_reachable).lower(),
+        "tracker.python": platform.python_version(),
+    }
+    if builtin_used:
+        tags["tracker.quality.reason"] = ("built-in tiny model with random weights and/or built-in "
+                                          "sample data: quality figures are not meaningful")
+    if model.fallback_reason:
+        tags["tracker.model.fallback_reason"] = model.fallback_reason
+    if dataset.fallback_reason:
+        tags["tracker.dataset.fallback_reason"] = dataset.fallback_reason
+    for package in VERSIONED_PACKAGES:
+        try:
+            tags[f"tracker.version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    if fallbacks:
+        notice = ("FALLBACK, not the model/dataset asked for: " + "; ".join(fallbacks)
+                  + ". Energy is real for what ran; quality is not meaningful.")
+        tags["mlflow.note.content"] = notice
+        logger.warning(notice)
+    return tags
+
+
+def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
+                 outcome: RunOutcome) -> tuple[dict[str, float], dict[str, str]]:
+    metrics = run_metrics(outcome, generative=plan.task.generative)
+    tags = meter.provenance()
+    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
+    unreadable = [r for r in meter.readings if r.reason]
+    if unreadable:
+        tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
+    queries = outcome.complete_queries
+    if queries:
+        shortest = min(q.reading.energy.duration_s for q in queries)
+        short = shortest < MIN_RELIABLE_WINDOW_S
+        tags["tracker.measurement.short_window"] = str(short).lower()
+        if short:
+            tags["tracker.measurement.short_window_reason"] = (
+                f"query phase lasted {shortest:.2f} s, under {MIN_RELIABLE_WINDOW_S:g} s: CodeCarbon "
+                "samples power about once a second, so this figure is rough; raise --n-samples")
+        if queries[-1].inferences < plan.dataset.texts.__len__():
+            tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.texts)} "
+                                           "inferences measured before the run stopped")
+    recorder.log(metrics=metrics, tags=tags)
+    records = meter.records_csv()
+    if records:
+        recorder.log_text(records, "codecarbon/emissions.csv")
+    if outcome.predictions:
+        recorder.log_text(_prediction_sample(plan, outcome), "predictions_sample.csv")
+    return metrics, tags
+
+
+def _prediction_sample(plan: RunPlan, outcome: RunOutcome) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["input", "prediction", "reference"])
+    references = outcome.references or plan.dataset.targets
+    for text, prediction, reference in list(zip(plan.dataset.texts, outcome.predictions,
+                                                references))[:PREDICTION_SAMPLE_ROWS]:
+        writer.writerow([text[:500], prediction, reference])
+    return out.getvalue()
+
+
+def _short(model_name: str) -> str:
+    return model_name.rstrip("/").split("/")[-1]
+
+
+@contextmanager
+def _progress_bar(config: RunConfig, dataset: str) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    total = config.n_samples * config.repeats
+    with tqdm(total=total, unit="inference", desc=f"{config.task} · {dataset}", file=sys.stderr,
+              disable=not config.progress, dynamic_ncols=True) as bar:
+        yield bar.update

@@ -1,0 +1,40 @@
+"""The task registry. Adding a task means adding one module here that calls ``register``."""
+
+from __future__ import annotations
+
+import difflib
+
+from tracker.errors import ConfigError
+from tracker.tasks.base import Task
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def did_you_mean(value: str, choices: list[str]) -> str:
+    """' Did you mean 'x'?' for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def get_task(name: str) -> Task:
+    """The task registered under ``name``; a ConfigError with a suggestion otherwise."""
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        names = task_names()
+        raise ConfigError(
+            f"unknown task '{name}'.{did_you_mean(name, names)} Known tasks: {', '.join(names)}"
+        ) from None
+
+
+# Imported for their registration side effect.
+from tracker.tasks import summarization, text_classification  # noqa: E402,F401

@@ -1,0 +1,141 @@
+"""MLflow: where runs go, and a run's lifecycle (never left RUNNING).
+
+One experiment per task by default. Under ``mlflow run`` (MLFLOW_RUN_ID set), the launcher's run
+is the measured run when it already sits in the target experiment; otherwise the measured run is
+created in the target experiment and the two are linked by tags both ways, because ``mlflow run``
+creates its run before this code starts and a run cannot move between experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tracker.errors import RunInterrupted, TrackingServerError
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_FROM_LAUNCHER = ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
+                            "mlflow.gitRepoURL", "mlflow.project.entryPoint", "mlflow.project.env",
+                            "mlflow.user")
+
+
+def check_tracking_server(timeout_s: float = 5.0) -> str:
+    """The tracking URI, after checking that a remote server answers at all."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        pass  # it answered: reachable, whatever it thinks of /health
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingServerError(
+            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+            f"(mlflow server --host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to use "
+            f"the local store"
+        ) from err
+    return uri
+
+
+class RunRecorder:
+    """Writes one run's params, metrics, tags and artifacts."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    def log(self, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
+            tags: dict[str, Any] | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.utils.time import get_current_time_millis
+
+        now = get_current_time_millis()
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_json(self, data: Any, path: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), path)
+
+
+@contextmanager
+def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[RunRecorder]:
+    """A RUNNING run that ends FINISHED, FAILED (reason tagged) or KILLED (signal tagged)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment_id = _experiment_id(client, experiment)
+    run_id = _start_run(client, experiment_id, run_name, tags)
+    recorder = RunRecorder(client, run_id)
+    try:
+        yield recorder
+    except RunInterrupted as err:
+        _end(client, run_id, "KILLED", {"tracker.interrupted_by": err.signal_name})
+        raise
+    except BaseException as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        _end(client, run_id, "FAILED", {"tracker.error": message[:5000],
+                                        "tracker.error_type": type(err).__name__})
+        raise
+    else:
+        _end(client, run_id, "FINISHED", {})
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except Exception:  # created by a concurrent run in the meantime
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def _start_run(client: Any, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    launcher_id = os.environ.get("MLFLOW_RUN_ID")
+    launcher = client.get_run(launcher_id) if launcher_id else None
+    if launcher is not None and launcher.info.experiment_id == experiment_id:
+        client.set_tag(launcher_id, "mlflow.runName", run_name)
+        for key, value in tags.items():
+            client.set_tag(launcher_id, key, value)
+        return launcher_id
+    run_tags = dict(tags)
+    if launcher is not None:
+        run_tags.update({k: v for k, v in launcher.data.tags.items() if k in PROVENANCE_FROM_LAUNCHER})
+        run_tags["tracker.launcher_run_id"] = launcher_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
+    if launcher is not None:
+        client.set_tag(launcher_id, "tracker.measured_run_id", run.info.run_id)
+        client.set_tag(launcher_id, "tracker.measured_experiment_id", experiment_id)
+        client.set_tag(launcher_id, "mlflow.note.content",
+                       f"Launcher only: the measured run is {run.info.run_id} in experiment "
+                       f"{experiment_id}. Pass --experiment-name to `mlflow run` to measure in this run.")
+    return run.info.run_id
+
+
+def _end(client: Any, run_id: str, status: str, tags: dict[str, str]) -> None:
+    try:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+    finally:
+        client.set_terminated(run_id, status)
