@@ -105,8 +105,13 @@ def probe(device: str, precision: str) -> ProbeResult:
     return result
 
 
+def probe_command(device: str, precision: str) -> list[str]:
+    """The child process that tries a precision (tests replace it with one that really dies)."""
+    return [sys.executable, "-m", "tracker.precision", device, precision]
+
+
 def _run_probe(device: str, precision: str, env: dict[str, str]) -> ProbeResult:
-    command = [sys.executable, "-m", "tracker.precision", device, precision]
+    command = probe_command(device, precision)
     try:
         done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT_S)

@@ -1,0 +1,100 @@
+"""Full runs of each task through the CLI, checked in MLflow against the contract."""
+
+import json
+import math
+import os
+
+import pytest
+
+from conftest import all_runs
+
+ENERGY_METRICS = ["energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "emissions_kg",
+                  "energy_kwh_per_1k", "emissions_g_per_output", "duration_s", "throughput_per_s",
+                  "load_energy_kwh", "load_duration_s"]
+PARAMS = ["task", "model", "dataset", "n_samples", "batch_size", "precision", "device", "repeats",
+          "warmup", "country_iso_code", "seed"]
+TAGS = ["tracker.energy.cpu.method", "tracker.energy.ram.method", "tracker.energy.gpu.method",
+        "tracker.carbon.country_source", "tracker.carbon.intensity_source", "tracker.model.source",
+        "tracker.dataset.source", "tracker.quality.meaningful", "tracker.hardware.cpu_model",
+        "tracker.version.torch", "tracker.version.codecarbon", "tracker.measurement.short_window"]
+
+
+@pytest.mark.parametrize("task, quality_metrics, generative", [
+    ("summarization", ["rouge1", "rouge2", "rougeL"], True),
+    ("text-classification", ["accuracy", "f1"], False),
+])
+def test_full_run_honours_the_contract(cli, client, task, quality_metrics, generative):
+    code, out, err = cli("run", "--task", task, "--n-samples", "24", "--batch-size", "8",
+                         "--repeats", "2", "--country", "FRA", "--no-progress")
+    assert code == 0, err
+    [run] = all_runs(client)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == task
+    assert run.info.run_name == "builtin-tiny · builtin · bs8 · fp32"
+
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert set(PARAMS) <= set(params)
+    assert params["task"] == task and params["batch_size"] == "8" and params["country_iso_code"] == "FRA"
+    assert ("max_new_tokens" in params) == generative
+
+    for name in ENERGY_METRICS + quality_metrics + ["quality"]:
+        assert name in metrics, name
+        assert not math.isnan(metrics[name]), name
+    for name in ["energy_kwh", "emissions_kg", "duration_s"]:
+        assert f"{name}_std" in metrics  # repeats > 1
+    assert ("energy_j_per_token" in metrics) == generative
+    assert metrics["energy_kwh"] > 0 and metrics["energy_cpu_kwh"] > 0 and metrics["energy_ram_kwh"] > 0
+    assert metrics["energy_kwh"] == pytest.approx(
+        metrics["energy_cpu_kwh"] + metrics["energy_gpu_kwh"] + metrics["energy_ram_kwh"])
+    assert metrics["energy_kwh_per_1k"] == pytest.approx(metrics["energy_kwh"] / 24 * 1000, rel=0.05)
+    assert metrics["emissions_g_per_output"] == pytest.approx(metrics["emissions_kg"] * 1000 / 24, rel=0.05)
+    # France's grid mix in CodeCarbon's data, not some other country's
+    assert metrics["carbon_intensity_g_per_kwh"] == pytest.approx(56.039, rel=0.01)
+    assert metrics["quality"] == metrics[quality_metrics[-1] if generative else "accuracy"]
+
+    for name in TAGS:
+        assert tags.get(name), name
+    assert tags["tracker.model.source"] == "builtin-tiny"
+    assert tags["tracker.quality.meaningful"] == "false"
+    if os.path.exists("/sys/class/powercap/intel-rapl") is False:
+        assert tags["tracker.energy.cpu.method"].startswith("modelled:")
+    assert "FALLBACK" in tags["mlflow.note.content"]
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"codecarbon", "config.json", "predictions_sample.csv"} <= artifacts
+    records = client.download_artifacts(run.info.run_id, "codecarbon/emissions.csv")
+    lines = open(records).read().splitlines()
+    assert lines[0].startswith("task_name,") and "cpu_energy" in lines[0]
+    assert [line.split(",")[0] for line in lines[1:]] == ["load model", "query model", "query model"]
+    config = json.load(open(client.download_artifacts(run.info.run_id, "config.json")))
+    assert config["batch_size"] == 8 and config["resolved_device"] == "cpu"
+    sample = open(client.download_artifacts(run.info.run_id, "predictions_sample.csv")).read().splitlines()
+    assert sample[0] == "input,prediction,reference" and len(sample) == 25
+
+    # CodeCarbon wrote nothing into the working directory: no emissions.csv, no lock
+    assert os.listdir(".") == [] or set(os.listdir(".")) <= {"mlruns"}
+    assert "FINISHED" in out
+
+
+def test_int8_run(cli, client):
+    code, _, err = cli("run", "--task", "text-classification", "--n-samples", "16", "--batch-size", "4",
+                       "--precision", "int8", "--country", "DEU", "--no-progress")
+    assert code == 0, err
+    [run] = all_runs(client)
+    assert run.info.status == "FINISHED" and run.data.params["precision"] == "int8"
+
+
+def test_carbon_intensity_override(cli, client):
+    code, _, err = cli("run", "--task", "text-classification", "--n-samples", "16", "--country", "FRA",
+                       "--carbon-intensity", "500", "--no-progress")
+    assert code == 0, err
+    [run] = all_runs(client)
+    assert run.data.metrics["carbon_intensity_g_per_kwh"] == pytest.approx(500, rel=0.01)
+    assert run.data.tags["tracker.carbon.intensity_source"] == "user override: 500 gCO2eq/kWh"
+
+
+def test_tasks_lists_defaults(cli):
+    code, out, _ = cli("tasks")
+    assert code == 0
+    assert "summarization" in out and "sshleifer/distilbart-cnn-12-6" in out
+    assert "text-classification" in out and "imdb" in out
