@@ -1,9 +1,10 @@
 """MLflow: where runs go, and a run's lifecycle (never left RUNNING).
 
 One experiment per task by default. Under ``mlflow run`` (MLFLOW_RUN_ID set), the launcher's run
-is the measured run when it already sits in the target experiment; otherwise the measured run is
-created in the target experiment and the two are linked by tags both ways, because ``mlflow run``
-creates its run before this code starts and a run cannot move between experiments.
+holds the raw -P values (an empty model, device "auto") and sits in whatever experiment
+``mlflow run`` chose before this code started. The measured run is always a run of its own, in
+the target experiment, with the resolved params; the two are linked by tags both ways, and the
+measured run is nested under the launcher when both share an experiment.
 """
 
 from __future__ import annotations
@@ -114,22 +115,19 @@ def _experiment_id(client: Any, name: str) -> str:
 def _start_run(client: Any, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
     launcher_id = os.environ.get("MLFLOW_RUN_ID")
     launcher = client.get_run(launcher_id) if launcher_id else None
-    if launcher is not None and launcher.info.experiment_id == experiment_id:
-        client.set_tag(launcher_id, "mlflow.runName", run_name)
-        for key, value in tags.items():
-            client.set_tag(launcher_id, key, value)
-        return launcher_id
     run_tags = dict(tags)
     if launcher is not None:
         run_tags.update({k: v for k, v in launcher.data.tags.items() if k in PROVENANCE_FROM_LAUNCHER})
         run_tags["tracker.launcher_run_id"] = launcher_id
+        if launcher.info.experiment_id == experiment_id:
+            run_tags["mlflow.parentRunId"] = launcher_id  # shown nested under the launcher
     run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
     if launcher is not None:
         client.set_tag(launcher_id, "tracker.measured_run_id", run.info.run_id)
         client.set_tag(launcher_id, "tracker.measured_experiment_id", experiment_id)
         client.set_tag(launcher_id, "mlflow.note.content",
-                       f"Launcher only: the measured run is {run.info.run_id} in experiment "
-                       f"{experiment_id}. Pass --experiment-name to `mlflow run` to measure in this run.")
+                       f"Launcher of `mlflow run`: the measured run is {run.info.run_id} in experiment "
+                       f"{experiment_id}, with the resolved params and every metric.")
     return run.info.run_id
 
 

@@ -1,0 +1,130 @@
+"""Runs in real child processes: interrupted by real signals, against a real MLflow server,
+launched by `mlflow run`, and two at once."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO, all_runs, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def _tracker(*args, env=None, **popen):
+    return subprocess.Popen([sys.executable, "-m", "tracker", "run", *args], env=env or subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for_query_phase(proc, timeout=90):
+    """Read the child's stderr until its progress bar shows measured inferences."""
+    deadline = time.time() + timeout
+    seen = ""
+    while time.time() < deadline:
+        chunk = proc.stderr.read(1)
+        if not chunk:
+            break
+        seen += chunk
+        if re.search(r"\| *[1-9]\d*/\d+ \[", seen[-200:]):  # at least one measured inference
+            return seen
+    raise AssertionError(f"query phase never started: {seen[-2000:]}")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_run_ends_killed_with_partial_energy(client, sig, code):
+    # Long enough to interrupt: 2,000 summaries one at a time with the tiny model.
+    proc = _tracker("--task", "summarization", "--n-samples", "2000", "--country", "FRA")
+    _wait_for_query_phase(proc)
+    time.sleep(2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "logged as KILLED" in err
+    [run] = all_runs(client)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["tracker.interrupted_by"] == sig.name
+    metrics = run.data.metrics
+    assert metrics["energy_kwh"] > 0 and metrics["load_energy_kwh"] > 0
+    assert 0 < metrics["inferences_measured"] < 2000
+    assert "of 2000 inferences measured" in run.data.tags["tracker.run.partial"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_against_a_real_mlflow_server(hermetic):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{hermetic}/server.db",
+         "--artifacts-destination", str(hermetic / "server-artifacts"), "--workers", "1"],
+        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        proc = _tracker("--task", "text-classification", "--n-samples", "16", "--country", "FRA",
+                        "--no-progress", env=subprocess_env(MLFLOW_TRACKING_URI=uri))
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        from mlflow import MlflowClient
+
+        remote = MlflowClient(tracking_uri=uri)
+        [run] = all_runs(remote)
+        assert run.info.status == "FINISHED"
+        assert "codecarbon" in {a.path for a in remote.list_artifacts(run.info.run_id)}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_mlflow_run_entry_point(client, hermetic):
+    """`mlflow run` creates its run in Default: the measured run goes to the task's experiment,
+    linked both ways; with --experiment-name set to the task, it is nested under the launcher."""
+    env = subprocess_env()
+    base = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+            "-P", "task=text-classification", "-P", "n_samples=16", "-P", "country=FRA"]
+    done = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300, cwd=hermetic)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = all_runs(client)
+    launcher = next(r for r in runs if "tracker.measured_run_id" in r.data.tags)
+    measured = client.get_run(launcher.data.tags["tracker.measured_run_id"])
+    assert client.get_experiment(measured.info.experiment_id).name == "text-classification"
+    assert measured.info.status == "FINISHED" and launcher.info.status == "FINISHED"
+    assert measured.data.tags["tracker.launcher_run_id"] == launcher.info.run_id
+    assert measured.data.tags.get("mlflow.project.entryPoint") == "main"
+
+    done = subprocess.run(base + ["--experiment-name", "text-classification"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=hermetic)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [r for r in all_runs(client) if r.info.run_id not in (launcher.info.run_id, measured.info.run_id)]
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    parent = client.get_run(child.data.tags["mlflow.parentRunId"])
+    assert parent.info.experiment_id == child.info.experiment_id == measured.info.experiment_id
+    assert child.info.status == "FINISHED" and "energy_kwh" in child.data.metrics
+    assert child.data.params["model"] == "builtin-tiny" and child.data.params["device"] == "cpu"
+
+
+def test_two_runs_at_once_do_not_block_each_other(hermetic):
+    procs = [_tracker("--task", "text-classification", "--n-samples", "200", "--country", "FRA",
+                      "--no-progress", env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{hermetic}/db{i}.db"))
+             for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        assert "Another instance of codecarbon" not in err
