@@ -69,10 +69,17 @@ class Task(ABC):
     target_column: ClassVar[str]
     primary_metric: ClassVar[str]
     generative: ClassVar[bool] = False
+    # The transformers Auto class that loads the task's models, e.g. "AutoModelForSeq2SeqLM".
+    auto_model_class: ClassVar[str]
 
-    @abstractmethod
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        """Load model and tokenizer from a Hub id or a local folder."""
+        """Load model and tokenizer from a Hub id or a local folder (fp32, CPU, eval mode)."""
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        auto_class = getattr(transformers, self.auto_model_class)
+        model = auto_class.from_pretrained(source, local_files_only=local_only)
+        return LoadedModel(model=model.eval(), tokenizer=tokenizer)
 
     @abstractmethod
     def predict(self, loaded: LoadedModel, texts: list[str], settings: GenerationSettings,

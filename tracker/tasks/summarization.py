@@ -28,13 +28,7 @@ class Summarization(Task):
     target_column = "summary"
     primary_metric = "rougeL"
     generative = True
-
-    def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForSeq2SeqLM.from_pretrained(source, local_files_only=local_only)
-        return LoadedModel(model=model.eval(), tokenizer=tokenizer)
+    auto_model_class = "AutoModelForSeq2SeqLM"
 
     def predict(self, loaded: LoadedModel, texts: list[str], settings: GenerationSettings,
                 device: Any) -> BatchOutput:

@@ -34,16 +34,10 @@ class TextClassification(Task):
     }
     target_column = "label"
     primary_metric = "accuracy"
+    auto_model_class = "AutoModelForSequenceClassification"
 
     def __init__(self) -> None:
         self._label_names: tuple[str, ...] = SENTIMENT
-
-    def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=local_only)
-        return LoadedModel(model=model.eval(), tokenizer=tokenizer)
 
     def predict(self, loaded: LoadedModel, texts: list[str], settings: GenerationSettings,
                 device: Any) -> BatchOutput:
