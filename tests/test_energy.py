@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tracker.energy import KWH_TO_J, Energy, mean_and_std
+from tracker.energy import KWH_TO_J, Energy
 
 
 def test_total_and_joules():
@@ -36,12 +36,3 @@ def test_unavailable_stays_nan_through_arithmetic():
     assert math.isnan(missing.total_kwh)
     assert math.isnan((missing + Energy(1, 1, 1, 1, 1)).cpu_kwh)
     assert math.isnan(missing.per_1k(10).total_kwh)
-
-
-def test_mean_and_std():
-    mean, std = mean_and_std([Energy(1, 0, 1, 1, 1), Energy(3, 0, 1, 3, 3)])
-    assert mean == Energy(2, 0, 1, 2, 2)
-    assert std.cpu_kwh == pytest.approx(math.sqrt(2))
-    assert std.gpu_kwh == 0
-    _, none = mean_and_std([Energy(1, 0, 1, 1, 1)])
-    assert none is None

@@ -7,7 +7,6 @@ every sum and ratio. Per-unit figures ("per 1,000 inferences", "per token") are 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -71,15 +70,3 @@ class Energy:
     def per_1k(self, inferences: int) -> Energy:
         """The share of 1,000 inferences: the paper's unit."""
         return self / inferences * 1000
-
-
-def mean_and_std(readings: list[Energy]) -> tuple[Energy, Energy | None]:
-    """Field-wise mean and sample standard deviation; the std is None for a single reading."""
-    if not readings:
-        raise ValueError("no readings to summarise")
-    columns = {f.name: [getattr(r, f.name) for r in readings] for f in fields(Energy)}
-    mean = Energy(**{name: statistics.fmean(values) for name, values in columns.items()})
-    if len(readings) == 1:
-        return mean, None
-    std = Energy(**{name: statistics.stdev(values) for name, values in columns.items()})
-    return mean, std

@@ -192,7 +192,7 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
             tags["tracker.measurement.short_window_reason"] = (
                 f"query phase lasted {shortest:.2f} s, under {MIN_RELIABLE_WINDOW_S:g} s: CodeCarbon "
                 "samples power about once a second, so this figure is rough; raise --n-samples")
-        if queries[-1].inferences < plan.dataset.texts.__len__():
+        if queries[-1].inferences < len(plan.dataset.texts):
             tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.texts)} "
                                            "inferences measured before the run stopped")
     recorder.log(metrics=metrics, tags=tags)
