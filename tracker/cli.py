@@ -77,8 +77,10 @@ def _run(args: dict) -> int:
     print(f"  energy: {_fmt(m.get('energy_kwh'))} kWh for {config.n_samples} inferences "
           f"({_fmt(m.get('energy_kwh_per_1k'))} kWh per 1,000); emissions: "
           f"{_fmt(m.get('emissions_g_per_output'))} gCO2eq per output")
-    print(f"  quality ({report.tags.get('tracker.quality.meaningful') == 'true' and 'meaningful' or 'NOT meaningful: built-in model/data'}): "
-          f"{_fmt(m.get('quality'))}; CPU energy {report.tags.get('tracker.energy.cpu.method')}")
+    meaningful = report.tags.get("tracker.quality.meaningful") == "true"
+    label = "meaningful" if meaningful else "NOT meaningful: built-in model/data"
+    print(f"  quality ({label}): {_fmt(m.get('quality'))}; "
+          f"CPU energy {report.tags.get('tracker.energy.cpu.method')}")
     return 0
 
 
