@@ -47,7 +47,7 @@ def main() -> None:
     task = get_task(args.task)
     loaded = task.load_model(builtin_model(task).location, local_only=True)
     data = load_dataset(task, "builtin", args.n_samples, hub_reachable=False)
-    batches = [data.texts[i:i + args.batch_size] for i in range(0, len(data.texts), args.batch_size)]
+    batches = [data.inputs[i:i + args.batch_size] for i in range(0, len(data.inputs), args.batch_size)]
     settings = GenerationSettings(max_new_tokens=15)
     counted = [0]
 

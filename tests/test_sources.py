@@ -38,9 +38,9 @@ def test_default_model_falls_back_with_reason_everywhere(cli, client, caplog):
 def test_local_model_and_local_data_load_like_any_other(cli, client, hermetic):
     # A model written with save_pretrained in the test, loaded through the users' code path.
     task = get_task("text-classification")
-    rows = task.sample_rows(200, random.Random(7))
+    rows = task.sample_rows(200, random.Random(7), hermetic)
     folder = hermetic / "my-model"
-    task.build_tiny_model(folder, [r["text"] for r in rows])
+    task.build_tiny_model(folder, rows)
     data = hermetic / "reviews.jsonl"
     data.write_text("\n".join(f'{{"review": "{r["text"]}", "sentiment": {r["label"]}}}' for r in rows))
     code, _, err = _run(cli, "--model", str(folder), "--dataset", str(data),

@@ -58,16 +58,22 @@ def build_once(kind: str, name: str, build: Callable[[Path], None]) -> Path:
     return final
 
 
-def builtin_dataset_file(task_name: str, make_rows: Callable[[int, random.Random], list[dict]]) -> Path:
-    """The JSON-lines sample dataset of a task, written on first use."""
+def builtin_dataset_file(task_name: str, make_rows: Callable[[int, random.Random, Path], list[dict]],
+                         count: int = SAMPLE_ROWS) -> Path:
+    """The JSON-lines sample dataset of a task, written on first use (media files beside it)."""
 
     def write(folder: Path) -> None:
-        rows = make_rows(SAMPLE_ROWS, random.Random(f"{task_name}-{BUILTIN_VERSION}"))
+        rows = make_rows(count, random.Random(f"{task_name}-{BUILTIN_VERSION}"), folder)
         with open(folder / "data.jsonl", "w", encoding="utf-8") as out:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
 
     return build_once("datasets", task_name, write) / "data.jsonl"
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
 
 
 def train_tokenizer(texts: Iterable[str], style: Literal["bert", "bart"], vocab_size: int = 2000):

@@ -29,10 +29,14 @@ RUN_FLAGS = {
     "country": "ISO 3166 alpha-3 code of the grid (default: CodeCarbon config, else USA)",
     "carbon_intensity": "gCO2eq/kWh, overrides the country's grid mix",
     "max_new_tokens": "generated tokens per output, generative tasks (default 15)",
+    "image_size": "text-to-image: image height and width in pixels (default: the model's)",
+    "num_inference_steps": "text-to-image: denoising steps (default 50)",
+    "guidance_scale": "text-to-image: classifier-free guidance scale (default 7.5)",
+    "model_kind": "auto, task-specific, or multi-purpose (a prompted LM; auto decides from the model)",
     "experiment": "MLflow experiment (default: the task's name)",
     "seed": "random seed (default 0)",
     "tracking_mode": "CodeCarbon tracking mode: machine or process (default machine)",
-    "text_column": "input column of a custom dataset",
+    "text_column": "input column of a custom dataset (text, question, image or audio path)",
     "target_column": "reference/label column of a custom dataset",
 }
 

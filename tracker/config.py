@@ -16,6 +16,7 @@ from tracker.precision import PRECISIONS
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TRACKING_MODES = ("machine", "process")
+MODEL_KINDS = ("auto", "task-specific", "multi-purpose")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +33,10 @@ class RunConfig:
     country: str | None = None
     carbon_intensity: float | None = None  # gCO2eq/kWh, overrides the country's mix
     max_new_tokens: int = 15  # the paper's limit for generated summaries
+    image_size: int | None = None  # text-to-image: pixels per side; None: the model's default
+    num_inference_steps: int = 50  # text-to-image: denoising steps (diffusers' default)
+    guidance_scale: float = 7.5  # text-to-image: classifier-free guidance (diffusers' default)
+    model_kind: str = "auto"  # task-specific, multi-purpose (prompted), or auto: decided from the model
     experiment: str | None = None  # None: named after the task
     seed: int = 0
     tracking_mode: str = "machine"
@@ -50,11 +55,13 @@ class RunConfig:
         if "task" not in values:
             raise ConfigError("a task is required: pass --task NAME (see `tracker tasks`)")
         for name, minimum in (("n_samples", 1), ("batch_size", 1), ("repeats", 1), ("warmup", 0),
-                              ("max_new_tokens", 1), ("seed", 0)):
+                              ("max_new_tokens", 1), ("seed", 0), ("image_size", 8),
+                              ("num_inference_steps", 1)):
             if name in values:
                 values[name] = _integer(name, values[name], minimum)
-        if "carbon_intensity" in values:
-            values["carbon_intensity"] = _number("carbon_intensity", values["carbon_intensity"])
+        for name in ("carbon_intensity", "guidance_scale"):
+            if name in values:
+                values[name] = _number(name, values[name])
         config = cls(**values)
         config.validate()
         return config
@@ -69,6 +76,10 @@ class RunConfig:
             raise ConfigError(f"unknown device '{self.device}': use auto, cpu, cuda, cuda:N or mps")
         if self.tracking_mode not in TRACKING_MODES:
             raise ConfigError(f"unknown tracking mode '{self.tracking_mode}': use machine or process")
+        if self.model_kind not in MODEL_KINDS:
+            raise ConfigError(f"unknown model kind '{self.model_kind}': use {', '.join(MODEL_KINDS)}")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"--guidance-scale must be >= 0, got {self.guidance_scale:g}")
         if self.carbon_intensity is not None and self.carbon_intensity < 0:
             raise ConfigError(f"--carbon-intensity must be >= 0 gCO2eq/kWh, got {self.carbon_intensity:g}")
 

@@ -7,6 +7,7 @@ dataset, with the reason recorded; a dataset the user named that cannot be loade
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,38 +32,41 @@ class LoadedDataset:
     name: str  # the `dataset` param: a study name, a path, a Hub id, or builtin
     source: DatasetSource
     location: str
-    texts: list[str]
+    inputs: list[Any]
     targets: list[Any]
     spec: DatasetSpec | None = None
     fallback_reason: str | None = None
+    skipped_rows: int = 0  # rows the task could not use (e.g. empty lines), passed over
 
 
 @dataclass(frozen=True)
 class Columns:
-    text: str
-    target: str
+    """The user's names for the task's input and target columns (--text-column, --target-column)."""
+
+    input: str | None = None
+    target: str | None = None
 
 
 def load_dataset(task: Task, requested: str | None, n_samples: int, *, hub_reachable: bool,
                  columns: Columns | None = None) -> LoadedDataset:
-    """The first ``n_samples`` rows of the requested dataset (the task's default when None)."""
+    """The first ``n_samples`` usable rows of the requested dataset (the task's default when None)."""
+    columns = columns or Columns()
     if requested == BUILTIN_DATASET:
         return _builtin(task, n_samples)
     if requested is None:
         spec = task.datasets[task.default_dataset]
         try:
-            return _from_hub(spec.name, spec, n_samples, hub_reachable, columns)
+            return _from_hub(task, spec.name, spec, n_samples, hub_reachable, columns)
         except DatasetUnavailable as err:
             return _builtin(task, n_samples, fallback_reason=f"default dataset {spec.name}: {err}")
     if requested in task.datasets:
-        return _from_hub(requested, task.datasets[requested], n_samples, hub_reachable, columns)
+        return _from_hub(task, requested, task.datasets[requested], n_samples, hub_reachable, columns)
     path = Path(requested).expanduser()
-    wanted = columns or Columns(task.text_column, task.target_column)
     if path.exists():
-        return _from_file(requested, path, "local", n_samples, wanted)
+        return _from_file(task, requested, path, "local", n_samples, columns)
     if "/" in requested and not requested.startswith((".", "/", "~")):
-        spec = DatasetSpec(requested, requested, "test", wanted.text, wanted.target)
-        return _from_hub(requested, spec, n_samples, hub_reachable, columns)
+        spec = DatasetSpec(requested, requested, "test")
+        return _from_hub(task, requested, spec, n_samples, hub_reachable, columns)
     raise DatasetError(
         f"dataset '{requested}' not found: it is not one of {task.name}'s datasets "
         f"({', '.join(sorted(task.datasets))}), not an existing file, and not a Hub id; "
@@ -73,14 +77,13 @@ def load_dataset(task: Task, requested: str | None, n_samples: int, *, hub_reach
 def _builtin(task: Task, n_samples: int, *, fallback_reason: str | None = None) -> LoadedDataset:
     if fallback_reason:
         logger.warning("%s; using the built-in sample dataset (quality is meaningless)", fallback_reason)
-    path = builtin_dataset_file(task.name, task.sample_rows)
-    loaded = _from_file(BUILTIN_DATASET, path, "builtin", n_samples,
-                        Columns(task.text_column, task.target_column))
+    path = builtin_dataset_file(task.name, task.sample_rows, task.sample_size)
+    loaded = _from_file(task, BUILTIN_DATASET, path, "builtin", n_samples, Columns())
     loaded.fallback_reason = fallback_reason
     return loaded
 
 
-def _from_file(name: str, path: Path, source: DatasetSource, n_samples: int,
+def _from_file(task: Task, name: str, path: Path, source: DatasetSource, n_samples: int,
                columns: Columns) -> LoadedDataset:
     import pandas as pd
 
@@ -96,12 +99,13 @@ def _from_file(name: str, path: Path, source: DatasetSource, n_samples: int,
         frame = getattr(pd, reader)(path, **options)
     except (ValueError, OSError) as err:
         raise DatasetError(f"cannot read dataset file '{path}': {err}") from err
-    rows = {column: frame[column].tolist() for column in frame.columns}
-    return _select(name, source, str(path), rows, n_samples, columns, spec=None)
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return _examples(task, name, source, str(path), rows, list(frame.columns), n_samples,
+                     _mapping(task, None, columns), spec=None, base=path.parent)
 
 
-def _from_hub(name: str, spec: DatasetSpec, n_samples: int, hub_reachable: bool,
-              columns: Columns | None) -> LoadedDataset:
+def _from_hub(task: Task, name: str, spec: DatasetSpec, n_samples: int, hub_reachable: bool,
+              columns: Columns) -> LoadedDataset:
     import datasets
 
     try:
@@ -109,24 +113,45 @@ def _from_hub(name: str, spec: DatasetSpec, n_samples: int, hub_reachable: bool,
     except Exception as err:  # datasets raises many kinds (ConnectionError, FileNotFoundError, ...)
         where = "the Hub is unreachable and it is not in the local cache" if not hub_reachable else str(err)
         raise DatasetUnavailable(f"cannot load dataset '{name}' ({spec.hub_id}): {where}") from err
-    table = table.select(range(min(n_samples, len(table))))
-    rows = {column: table[column] for column in table.column_names}
-    wanted = columns or Columns(spec.text_column, spec.target_column)
-    return _select(name, "hub", spec.hub_id, rows, n_samples, wanted, spec=spec)
+    return _examples(task, name, "hub", spec.hub_id, table, list(table.column_names), n_samples,
+                     _mapping(task, spec, columns), spec=spec, base=None)
 
 
-def _select(name: str, source: DatasetSource, location: str, rows: dict[str, list[Any]],
-            n_samples: int, columns: Columns, spec: DatasetSpec | None) -> LoadedDataset:
-    for role, column in (("text", columns.text), ("target", columns.target)):
-        if column not in rows:
-            raise DatasetError(
-                f"dataset '{name}' has no column '{column}' (its columns: {', '.join(rows)}); "
-                f"pass --{role}-column NAME"
-            )
-    available = len(rows[columns.text])
-    if available < n_samples:
+def _mapping(task: Task, spec: DatasetSpec | None, columns: Columns) -> dict[str, str]:
+    """The task's column name -> the dataset's."""
+    mapping = {column: column for column in task.columns}
+    if spec is not None:
+        mapping.update({k: v for k, v in spec.columns.items() if k in mapping})
+    if columns.input:
+        mapping[task.input_column] = columns.input
+    if columns.target and task.target_column:
+        mapping[task.target_column] = columns.target
+    return mapping
+
+
+def _examples(task: Task, name: str, source: DatasetSource, location: str, rows: Iterable[dict],
+              available: list[str], n_samples: int, mapping: dict[str, str],
+              spec: DatasetSpec | None, base: Path | None) -> LoadedDataset:
+    for ours, theirs in mapping.items():
+        if theirs not in available:
+            hint = {task.input_column: "pass --text-column NAME",
+                    task.target_column: "pass --target-column NAME"}.get(ours, f"name it '{ours}'")
+            raise DatasetError(f"dataset '{name}' has no column '{theirs}' (its columns: "
+                               f"{', '.join(available)}); {hint}")
+    inputs: list[Any] = []
+    targets: list[Any] = []
+    seen = 0
+    for row in rows:
+        if len(inputs) == n_samples:
+            break
+        seen += 1
+        example = task.example({ours: row[theirs] for ours, theirs in mapping.items()}, base)
+        if example is not None:
+            inputs.append(example[0])
+            targets.append(example[1])
+    if len(inputs) < n_samples:
+        usable = f"{len(inputs)} usable rows" + (f" (of {seen})" if seen != len(inputs) else "")
         raise DatasetError(
-            f"dataset '{name}' has {available} rows, fewer than --n-samples {n_samples}; lower --n-samples"
+            f"dataset '{name}' has {usable}, fewer than --n-samples {n_samples}; lower --n-samples"
         )
-    texts = ["" if value is None else str(value) for value in rows[columns.text][:n_samples]]
-    return LoadedDataset(name, source, location, texts, list(rows[columns.target][:n_samples]), spec)
+    return LoadedDataset(name, source, location, inputs, targets, spec, skipped_rows=seen - len(inputs))

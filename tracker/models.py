@@ -7,19 +7,18 @@ with the reason recorded; a model the user named that cannot be loaded is an err
 from __future__ import annotations
 
 import logging
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tracker.builtin import BUILTIN_MODEL, SAMPLE_ROWS, build_once
+from tracker.builtin import BUILTIN_MODEL, build_once, builtin_dataset_file, read_rows
 from tracker.errors import ModelLoadError
-from tracker.tasks.base import Task
+from tracker.tasks.base import Task, texts_of
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Literal["hub", "local", "builtin-tiny"]
+ModelSource = Literal["hub", "local", "package", "builtin-tiny"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -36,13 +35,17 @@ class ModelChoice:
 
 
 def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool) -> ModelChoice:
+    from tracker.multipurpose import BUILTINS
+
     if requested == BUILTIN_MODEL:
         return builtin_model(task)
+    if requested in BUILTINS:
+        return builtin_multipurpose(requested)
     if requested is None:
         reason = hub_unavailable_reason(task.default_model, hub_reachable)
         if reason is None:
             return ModelChoice(task.default_model, task.default_model, "hub")
-        return builtin_model(task, fallback_reason=f"default model {task.default_model}: {reason}")
+        return offline_default(task, f"default model {task.default_model}: {reason}")
     path = Path(requested).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -75,12 +78,40 @@ def hub_unavailable_reason(repo_id: str, hub_reachable: bool) -> str | None:
 
 def builtin_model(task: Task, *, fallback_reason: str | None = None) -> ModelChoice:
     def build(folder: Path) -> None:
-        rows = task.sample_rows(SAMPLE_ROWS, random.Random(task.name))
-        texts = [" ".join(str(v) for v in row.values()) for row in rows]
-        task.build_tiny_model(folder, texts)
+        # The tokenizer learns the words of the task's own sample data.
+        rows = read_rows(builtin_dataset_file(task.name, task.sample_rows, task.sample_size))
+        task.build_tiny_model(folder, rows)
 
     if fallback_reason:
         logger.warning("%s; using the built-in tiny model (random weights: quality is meaningless)",
                        fallback_reason)
     folder = build_once("models", task.name, build)
     return ModelChoice(BUILTIN_MODEL, str(folder), "builtin-tiny", fallback_reason)
+
+
+def builtin_multipurpose(name: str) -> ModelChoice:
+    """builtin-tiny-seq2seq or builtin-tiny-causal, its tokenizer trained on every prompted task's data."""
+    from tracker.multipurpose import build_builtin
+    from tracker.tasks import get_task, task_names
+
+    def build(folder: Path) -> None:
+        texts: list[str] = []
+        for task in (get_task(n) for n in task_names()):
+            if task.prompt_template is not None:
+                rows = read_rows(builtin_dataset_file(task.name, task.sample_rows, task.sample_size))
+                texts += [task.prompt_template] + texts_of(rows)
+        build_builtin(name, folder, texts)
+
+    return ModelChoice(name, str(build_once("models", name, build)), "builtin-tiny")
+
+
+def offline_default(task: Task, reason: str) -> ModelChoice:
+    """What runs when the default model cannot be reached: the same model from an installed
+    package where there is one, else the built-in tiny model."""
+    packaged = task.packaged_default()
+    if packaged is not None:
+        logger.warning("%s; using the same model's weights from the installed package %s",
+                       reason, packaged[1])
+        return ModelChoice(task.default_model, str(packaged[0]), "package",
+                           f"{reason}; loaded the same weights from the package {packaged[1]}")
+    return builtin_model(task, fallback_reason=reason)

@@ -42,8 +42,17 @@ class ProbeResult:
 
 
 def convert(model: Any, precision: str, device: str) -> Any:
-    """The model moved to ``device`` in ``precision``; int8 is dynamic quantization on the CPU."""
+    """The model moved to ``device`` in ``precision``; int8 is dynamic quantization on the CPU.
+
+    A diffusers pipeline is converted component by component (UNet, VAE, text encoder).
+    """
     import torch
+
+    if model is not None and not isinstance(model, torch.nn.Module) and hasattr(model, "components"):
+        for name, component in model.components.items():
+            if isinstance(component, torch.nn.Module):
+                setattr(model, name, convert(component, precision, device))
+        return model
 
     if precision == "int8":
         if device != "cpu":

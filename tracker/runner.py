@@ -7,15 +7,17 @@ fails or is interrupted half-way still has its energy to log.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tracker.data import LoadedDataset
 from tracker.meter import EnergyMeter, PhaseReading
 from tracker.models import ModelChoice
+from tracker.multipurpose import ModelKind
 from tracker.precision import convert
-from tracker.tasks.base import GenerationSettings, Task
+from tracker.tasks.base import BatchOutput, GenerationSettings, LoadedModel, Task
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +25,21 @@ LOAD_PHASE = "load model"  # CodeCarbon task names, as in the paper's own record
 QUERY_PHASE = "query model"
 
 
+class Predictor(Protocol):
+    """What loads a model and runs a batch: the task itself, or a prompted multi-purpose model."""
+
+    def load_model(self, source: str, *, local_only: bool) -> LoadedModel: ...
+
+    def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,
+                device: Any) -> BatchOutput: ...
+
+
 @dataclass
 class RunPlan:
     """Everything resolved before measuring starts."""
 
     task: Task
+    predictor: Predictor
     model: ModelChoice
     dataset: LoadedDataset
     device: str
@@ -36,6 +48,18 @@ class RunPlan:
     repeats: int
     warmup: int
     settings: GenerationSettings
+    kind: ModelKind
+
+    @property
+    def generative(self) -> bool:
+        """Generating tokens: a generative task, or any task done by a prompted language model."""
+        return self.task.generative or self.kind.kind == "multi-purpose"
+
+    def settings_params(self) -> dict[str, Any]:
+        names = set(self.task.settings_params)
+        if self.kind.kind == "multi-purpose":
+            names.add("max_new_tokens")
+        return {name: getattr(self.settings, name) for name in sorted(names)}
 
 
 @dataclass
@@ -52,6 +76,8 @@ class RunOutcome:
     predictions: list[Any] = field(default_factory=list)
     references: list[Any] = field(default_factory=list)
     quality: dict[str, float] = field(default_factory=dict)
+    quality_unavailable: str | None = None  # why quality could not be computed
+    resolved_settings: dict[str, Any] = field(default_factory=dict)  # known once the model is loaded
 
     @property
     def complete_queries(self) -> list[QueryReading]:
@@ -62,16 +88,17 @@ Progress = Callable[[int], None]
 
 
 def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Progress) -> None:
-    task, texts = plan.task, plan.dataset.texts
-    batches = [texts[i:i + plan.batch_size] for i in range(0, len(texts), plan.batch_size)]
+    task, predictor, inputs = plan.task, plan.predictor, plan.dataset.inputs
+    batches = [inputs[i:i + plan.batch_size] for i in range(0, len(inputs), plan.batch_size)]
 
     with meter.phase(LOAD_PHASE) as outcome.load:
-        loaded = task.load_model(plan.model.location, local_only=plan.model.local_only)
+        loaded = predictor.load_model(plan.model.location, local_only=plan.model.local_only)
         loaded.model = convert(loaded.model, plan.precision, plan.device)
+    outcome.resolved_settings = task.resolved_settings(loaded, plan.settings)
     inputs_device = "cpu" if plan.precision == "int8" else plan.device
 
     for i in range(plan.warmup):  # not measured: first calls pay one-off allocation costs
-        task.predict(loaded, batches[i % len(batches)], plan.settings, inputs_device)
+        predictor.predict(loaded, batches[i % len(batches)], plan.settings, inputs_device)
 
     for _ in range(plan.repeats):
         predictions: list[Any] = []
@@ -79,7 +106,7 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
             query = QueryReading(reading)
             outcome.queries.append(query)
             for batch in batches:
-                output = task.predict(loaded, batch, plan.settings, inputs_device)
+                output = predictor.predict(loaded, batch, plan.settings, inputs_device)
                 predictions.extend(output.predictions)
                 query.inferences += len(batch)
                 query.generated_tokens += output.generated_tokens
@@ -87,6 +114,10 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
         if not outcome.predictions:
             outcome.predictions = predictions
 
+    # Scoring is not measured: it is evaluation, not the inference being costed.
     outcome.references = task.references(plan.dataset.targets, plan.dataset.spec)
     outcome.quality = task.score(outcome.predictions, outcome.references)
-    outcome.quality["quality"] = outcome.quality[task.primary_metric]
+    extra, outcome.quality_unavailable = task.model_quality(loaded, inputs, outcome.references,
+                                                            plan.settings, inputs_device)
+    outcome.quality.update(extra)
+    outcome.quality["quality"] = outcome.quality.get(task.primary_metric, math.nan)

@@ -25,6 +25,7 @@ from tracker.data import Columns, load_dataset
 from tracker.errors import ConfigError
 from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.models import resolve_model
+from tracker.multipurpose import decide_kind
 from tracker.precision import ensure_supported
 from tracker.runner import RunOutcome, RunPlan, execute
 from tracker.signals import interrupts_raise
@@ -56,13 +57,15 @@ def measure(config: RunConfig) -> RunReport:
     precision_probe = ensure_supported(device, config.precision)
     reachable = hub.prepare()
     model = resolve_model(task, config.model, hub_reachable=reachable)
-    columns = (Columns(config.text_column or task.text_column, config.target_column or task.target_column)
-               if config.text_column or config.target_column else None)
+    kind = decide_kind(task, model, config.model_kind)
     dataset = load_dataset(task, config.dataset, config.n_samples, hub_reachable=reachable,
-                           columns=columns)
-    plan = RunPlan(task=task, model=model, dataset=dataset, device=device, precision=config.precision,
-                   batch_size=config.batch_size, repeats=config.repeats, warmup=config.warmup,
-                   settings=GenerationSettings(max_new_tokens=config.max_new_tokens))
+                           columns=Columns(config.text_column, config.target_column))
+    settings = GenerationSettings(max_new_tokens=config.max_new_tokens, image_size=config.image_size,
+                                  num_inference_steps=config.num_inference_steps,
+                                  guidance_scale=config.guidance_scale)
+    plan = RunPlan(task=task, predictor=kind.predictor, model=model, dataset=dataset, device=device,
+                   precision=config.precision, batch_size=config.batch_size, repeats=config.repeats,
+                   warmup=config.warmup, settings=settings, kind=kind)
     _seed(config.seed)
 
     tags = _provenance_tags(plan, reachable)
@@ -128,6 +131,7 @@ def _seed(seed: int) -> None:
 
 
 def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
+    """The params known before the run; settings resolved at load time are logged after it."""
     params: dict[str, Any] = {
         "task": config.task, "model": plan.model.name, "dataset": plan.dataset.name,
         "n_samples": config.n_samples, "batch_size": config.batch_size,
@@ -136,8 +140,7 @@ def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
     }
     if config.carbon_intensity is not None:
         params["carbon_intensity_override_g_per_kwh"] = config.carbon_intensity
-    if plan.task.generative:
-        params["max_new_tokens"] = config.max_new_tokens
+    params.update({k: v for k, v in plan.settings_params().items() if v is not None})
     return params
 
 
@@ -148,13 +151,18 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
     tags = {
         "tracker.model.source": model.source,
         "tracker.model.location": model.location,
-        "tracker.model.kind": "task-specific",
+        "tracker.model.kind": plan.kind.kind,
+        "tracker.model.kind_reason": plan.kind.reason,
+        "tracker.quality.metric": plan.task.primary_metric,
+        "tracker.quality.higher_is_better": str(plan.task.higher_is_better).lower(),
         "tracker.dataset.source": dataset.source,
         "tracker.dataset.location": dataset.location,
         "tracker.quality.meaningful": str(not builtin_used).lower(),
         "tracker.hub.reachable": str(hub_reachable).lower(),
         "tracker.python": platform.python_version(),
     }
+    if dataset.skipped_rows:
+        tags["tracker.dataset.skipped_rows"] = str(dataset.skipped_rows)
     if builtin_used:
         tags["tracker.quality.reason"] = ("built-in tiny model with random weights and/or built-in "
                                           "sample data: quality figures are not meaningful")
@@ -168,8 +176,8 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     if fallbacks:
-        notice = ("FALLBACK, not the model/dataset asked for: " + "; ".join(fallbacks)
-                  + ". Energy is real for what ran; quality is not meaningful.")
+        notice = ("FALLBACK, not the model/dataset asked for: " + "; ".join(fallbacks) + ". Energy is "
+                  + "real for what ran" + ("; quality is not meaningful." if builtin_used else "."))
         tags["mlflow.note.content"] = notice
         logger.warning(notice)
     return tags
@@ -177,8 +185,13 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
 
 def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
                  outcome: RunOutcome) -> tuple[dict[str, float], dict[str, str]]:
-    metrics = run_metrics(outcome, generative=plan.task.generative)
+    metrics = run_metrics(outcome, generative=plan.generative)
     tags = meter.provenance()
+    if outcome.quality_unavailable:
+        tags["tracker.quality.unavailable"] = outcome.quality_unavailable
+        tags["tracker.quality.meaningful"] = "false"
+    logged = {k for k, v in plan.settings_params().items() if v is not None}
+    late = {k: v for k, v in outcome.resolved_settings.items() if k not in logged and v is not None}
     tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
     unreadable = [r for r in meter.readings if r.reason]
     if unreadable:
@@ -192,10 +205,10 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
             tags["tracker.measurement.short_window_reason"] = (
                 f"query phase lasted {shortest:.2f} s, under {MIN_RELIABLE_WINDOW_S:g} s: CodeCarbon "
                 "samples power about once a second, so this figure is rough; raise --n-samples")
-        if queries[-1].inferences < len(plan.dataset.texts):
-            tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.texts)} "
+        if queries[-1].inferences < len(plan.dataset.inputs):
+            tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.inputs)} "
                                            "inferences measured before the run stopped")
-    recorder.log(metrics=metrics, tags=tags)
+    recorder.log(params=late, metrics=metrics, tags=tags)
     records = meter.records_csv()
     if records:
         recorder.log_text(records, "codecarbon/emissions.csv")
@@ -209,10 +222,14 @@ def _prediction_sample(plan: RunPlan, outcome: RunOutcome) -> str:
     writer = csv.writer(out)
     writer.writerow(["input", "prediction", "reference"])
     references = outcome.references or plan.dataset.targets
-    for text, prediction, reference in list(zip(plan.dataset.texts, outcome.predictions,
-                                                references))[:PREDICTION_SAMPLE_ROWS]:
-        writer.writerow([text[:500], prediction, reference])
+    for value, prediction, reference in list(zip(plan.dataset.inputs, outcome.predictions,
+                                                 references))[:PREDICTION_SAMPLE_ROWS]:
+        writer.writerow([plan.task.describe_input(value), _short_text(prediction), _short_text(reference)])
     return out.getvalue()
+
+
+def _short_text(value: Any) -> str:
+    return str(value)[:500]
 
 
 def _short(model_name: str) -> str:

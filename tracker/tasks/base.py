@@ -1,4 +1,4 @@
-"""What a task is: how to load its model and data, run a batch, and score the outputs."""
+"""What a task is: how to read its data, load its model, run a batch, and score the outputs."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any, ClassVar
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A dataset of the study, by short name: where it lives on the Hub and which columns to read."""
+    """A dataset of the study, by short name: where it lives on the Hub and how to read it."""
 
     name: str
     hub_id: str
     split: str
-    text_column: str
-    target_column: str
+    # The task's column name -> the dataset's, where they differ.
+    columns: dict[str, str] = field(default_factory=dict)
     config: str | None = None
     # For classification: the class names in label-index order.
     label_names: tuple[str, ...] | None = None
@@ -25,17 +25,21 @@ class DatasetSpec:
 
 @dataclass
 class LoadedModel:
-    """A model and its tokenizer, as loaded (fp32, on the CPU) before precision and device."""
+    """A model and what prepares its inputs (tokenizer, image processor, ...), as loaded."""
 
     model: Any
-    tokenizer: Any
+    tokenizer: Any = None
+    processor: Any = None
 
 
 @dataclass
 class GenerationSettings:
     """Knobs of generative tasks; recorded as params so differing runs are never compared blindly."""
 
-    max_new_tokens: int
+    max_new_tokens: int = 15
+    image_size: int | None = None  # None: the model's own default
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
 
 
 @dataclass
@@ -57,20 +61,48 @@ class TaskInfo:
 
 
 class Task(ABC):
-    """One inference task. Subclasses live one per file and register with ``@register``."""
+    """One inference task. Subclasses live one per file and register with ``@register``.
+
+    Data flows as: dataset rows (dicts keyed by the task's column names) -> ``example`` -> one
+    input and one target per row -> batches of inputs to ``predict`` -> ``references`` and
+    ``score``. Inputs are whatever the task's models take: a string, a question with its context,
+    an image, an audio clip.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
     default_model: ClassVar[str]
     default_dataset: ClassVar[str]
     datasets: ClassVar[dict[str, DatasetSpec]]
-    # Column names read from local files and the built-in sample data.
-    text_column: ClassVar[str] = "text"
-    target_column: ClassVar[str]
+    # Column names of local files and the built-in sample data. --text-column renames the input
+    # column, --target-column the target; other columns a task reads are listed in extra_columns.
+    input_column: ClassVar[str] = "text"
+    target_column: ClassVar[str | None] = None
+    extra_columns: ClassVar[tuple[str, ...]] = ()
     primary_metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    # Generative tasks report energy per generated token.
     generative: ClassVar[bool] = False
+    # The GenerationSettings fields that change this task's work, logged as params.
+    settings_params: ClassVar[tuple[str, ...]] = ()
     # The transformers Auto class that loads the task's models, e.g. "AutoModelForSeq2SeqLM".
-    auto_model_class: ClassVar[str]
+    auto_model_class: ClassVar[str] = ""
+    # Rows of the built-in sample dataset (fewer where each row is a media file).
+    sample_size: ClassVar[int] = 2000
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        target = (self.target_column,) if self.target_column else ()
+        return (self.input_column, *self.extra_columns, *target)
+
+    def example(self, row: dict[str, Any], base: Path | None) -> tuple[Any, Any] | None:
+        """One input and its target from a dataset row; None skips a row the task cannot use.
+
+        ``base`` is the folder of a local dataset file, against which media paths resolve.
+        """
+        target = row[self.target_column] if self.target_column else None
+        value = row[self.input_column]
+        return ("" if value is None else str(value)), target
 
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         """Load model and tokenizer from a Hub id or a local folder (fp32, CPU, eval mode)."""
@@ -82,25 +114,59 @@ class Task(ABC):
         return LoadedModel(model=model.eval(), tokenizer=tokenizer)
 
     @abstractmethod
-    def predict(self, loaded: LoadedModel, texts: list[str], settings: GenerationSettings,
+    def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,
                 device: Any) -> BatchOutput:
         """Run one batch of inferences."""
 
-    @abstractmethod
     def references(self, targets: list[Any], spec: DatasetSpec | None) -> list[Any]:
-        """Turn the dataset's target column into what ``score`` compares predictions with."""
+        """Turn the dataset's targets into what ``score`` compares predictions with."""
+        return targets
 
     @abstractmethod
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         """Quality metrics by their usual names; ``primary_metric`` among them."""
 
-    @abstractmethod
-    def build_tiny_model(self, folder: Path, sample_texts: list[str]) -> None:
-        """Write a randomly initialised model of the task's real architecture with ``save_pretrained``."""
+    def model_quality(self, loaded: LoadedModel, inputs: list[Any], references: list[Any],
+                      settings: GenerationSettings, device: Any) -> tuple[dict[str, float], str | None]:
+        """Quality figures that need a model (perplexity, CLIP score), computed after measuring.
+
+        Returns the figures and, when they could not be computed, the reason.
+        """
+        return {}, None
+
+    def resolved_settings(self, loaded: LoadedModel, settings: GenerationSettings) -> dict[str, Any]:
+        """The settings that apply, with defaults that only the loaded model knows filled in."""
+        return {name: getattr(settings, name) for name in self.settings_params}
+
+    def describe_input(self, value: Any) -> str:
+        """A short text for the prediction sample."""
+        return str(value)[:500]
+
+    def packaged_default(self) -> tuple[Path, str] | None:
+        """The default model's real weights from an installed package, and the package's name."""
+        return None
 
     @abstractmethod
-    def sample_rows(self, count: int, rng: random.Random) -> list[dict[str, Any]]:
-        """Rows of the built-in sample dataset, with ``text_column`` and ``target_column``."""
+    def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
+        """Write a randomly initialised model of the task's real architecture with ``save_pretrained``.
+
+        ``rows`` are the built-in sample dataset's, for training a tokenizer on its texts.
+        """
+
+    @abstractmethod
+    def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
+        """Rows of the built-in sample dataset, keyed by ``columns``; media files go in ``folder``."""
+
+    # Multi-purpose models do the task when prompted: tasks that support it set a template with
+    # the instruction last, so that truncating a long input from the left keeps it.
+    prompt_template: ClassVar[str | None] = None
+
+    def prompt(self, value: Any) -> str:
+        return self.prompt_template.format(text=value)  # type: ignore[union-attr]
+
+    def parse_generation(self, text: str) -> Any:
+        """A prompted model's generated text as a prediction ``score`` understands."""
+        return text.strip()
 
     def info(self) -> TaskInfo:
         return TaskInfo(
@@ -111,3 +177,15 @@ class Task(ABC):
             datasets=sorted(self.datasets),
             primary_metric=self.primary_metric,
         )
+
+
+def texts_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Every string in the rows, for training a tiny model's tokenizer."""
+    texts: list[str] = []
+    for row in rows:
+        for value in row.values():
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, list):
+                texts.extend(v for v in value if isinstance(v, str))
+    return texts

@@ -10,7 +10,7 @@ from typing import Any
 from tracker import quality
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 
 
 @register
@@ -21,16 +21,18 @@ class Summarization(Task):
     default_dataset = "cnn_dailymail"
     datasets = {
         "cnn_dailymail": DatasetSpec("cnn_dailymail", "abisee/cnn_dailymail", "test",
-                                     "article", "highlights", config="3.0.0"),
-        "samsum": DatasetSpec("samsum", "Samsung/samsum", "test", "dialogue", "summary"),
-        "xsum": DatasetSpec("xsum", "EdinburghNLP/xsum", "test", "document", "summary"),
+                                     {"text": "article", "summary": "highlights"}, config="3.0.0"),
+        "samsum": DatasetSpec("samsum", "Samsung/samsum", "test", {"text": "dialogue"}),
+        "xsum": DatasetSpec("xsum", "EdinburghNLP/xsum", "test", {"text": "document"}),
     }
     target_column = "summary"
     primary_metric = "rougeL"
     generative = True
+    settings_params = ("max_new_tokens",)
     auto_model_class = "AutoModelForSeq2SeqLM"
+    prompt_template = "{text}\n\nSummarize the text above in one sentence:"
 
-    def predict(self, loaded: LoadedModel, texts: list[str], settings: GenerationSettings,
+    def predict(self, loaded: LoadedModel, texts: list[Any], settings: GenerationSettings,
                 device: Any) -> BatchOutput:
         import torch
 
@@ -55,10 +57,10 @@ class Summarization(Task):
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         return quality.rouge(predictions, references)
 
-    def build_tiny_model(self, folder: Path, sample_texts: list[str]) -> None:
+    def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
         from transformers import BartConfig, BartForConditionalGeneration
 
-        tokenizer = train_tokenizer(sample_texts, "bart")
+        tokenizer = train_tokenizer(texts_of(rows), "bart")
         config = BartConfig(
             vocab_size=len(tokenizer), d_model=64, encoder_layers=2, decoder_layers=2,
             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
@@ -76,7 +78,7 @@ class Summarization(Task):
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    def sample_rows(self, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
         return [_news_story(rng) for _ in range(count)]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from tracker import quality
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 
 SENTIMENT = ("negative", "positive")
 # Spellings of the same class in model configs and datasets.
@@ -24,22 +24,22 @@ class TextClassification(Task):
     default_model = "distilbert/distilbert-base-uncased-finetuned-sst-2-english"
     default_dataset = "imdb"
     datasets = {
-        "imdb": DatasetSpec("imdb", "stanfordnlp/imdb", "test", "text", "label",
-                            label_names=SENTIMENT),
+        "imdb": DatasetSpec("imdb", "stanfordnlp/imdb", "test", label_names=SENTIMENT),
         # SST-2's test labels are hidden (-1): the validation split is the one with labels.
-        "sst2": DatasetSpec("sst2", "stanfordnlp/sst2", "validation", "sentence", "label",
+        "sst2": DatasetSpec("sst2", "stanfordnlp/sst2", "validation", {"text": "sentence"},
                             label_names=SENTIMENT),
         "rotten_tomatoes": DatasetSpec("rotten_tomatoes", "cornell-movie-review-data/rotten_tomatoes",
-                                       "test", "text", "label", label_names=SENTIMENT),
+                                       "test", label_names=SENTIMENT),
     }
     target_column = "label"
     primary_metric = "accuracy"
     auto_model_class = "AutoModelForSequenceClassification"
+    prompt_template = "{text}\n\nIs the sentiment of this review positive or negative?"
 
     def __init__(self) -> None:
         self._label_names: tuple[str, ...] = SENTIMENT
 
-    def predict(self, loaded: LoadedModel, texts: list[str], settings: GenerationSettings,
+    def predict(self, loaded: LoadedModel, texts: list[Any], settings: GenerationSettings,
                 device: Any) -> BatchOutput:
         import torch
 
@@ -58,6 +58,13 @@ class TextClassification(Task):
         return {"accuracy": quality.accuracy(predictions, references),
                 "f1": quality.macro_f1(predictions, references)}
 
+    def parse_generation(self, text: str) -> Any:
+        """The first class name the model wrote; "unanswered" (always wrong) when it wrote none."""
+        words = re.findall(r"[a-z]+", text.lower())
+        names = {name: name for name in self._label_names} | {
+            alias: name for alias, name in _ALIASES.items() if name in self._label_names}
+        return next((names[w] for w in words if w in names), "unanswered")
+
     def _normalise(self, label: Any) -> str:
         """One spelling per class: an index or LABEL_k becomes the dataset's k-th class name."""
         text = str(label).strip().lower()
@@ -66,10 +73,10 @@ class TextClassification(Task):
             return self._label_names[int(match.group(1))]
         return _ALIASES.get(text, text)
 
-    def build_tiny_model(self, folder: Path, sample_texts: list[str]) -> None:
+    def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
         from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-        tokenizer = train_tokenizer(sample_texts, "bert")
+        tokenizer = train_tokenizer(texts_of(rows), "bert")
         config = DistilBertConfig(
             vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=4, hidden_dim=128,
             max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
@@ -78,7 +85,7 @@ class TextClassification(Task):
         DistilBertForSequenceClassification(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
 
-    def sample_rows(self, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
         return [_review(rng) for _ in range(count)]
 
 
