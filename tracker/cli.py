@@ -105,6 +105,12 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    try:
+        import diffusers
+    except ImportError:
+        return
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
 
 
 def _fmt(value: float | None) -> str:

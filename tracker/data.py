@@ -6,6 +6,7 @@ dataset, with the reason recorded; a dataset the user named that cannot be loade
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -113,8 +114,27 @@ def _from_hub(task: Task, name: str, spec: DatasetSpec, n_samples: int, hub_reac
     except Exception as err:  # datasets raises many kinds (ConnectionError, FileNotFoundError, ...)
         where = "the Hub is unreachable and it is not in the local cache" if not hub_reachable else str(err)
         raise DatasetUnavailable(f"cannot load dataset '{name}' ({spec.hub_id}): {where}") from err
+    mapping = _mapping(task, spec, columns)
+    if spec.label_names is None and task.target_column and mapping[task.target_column] in table.features:
+        names = _class_names(table.features[mapping[task.target_column]])
+        spec = dataclasses.replace(spec, label_names=names) if names else spec
     return _examples(task, name, "hub", spec.hub_id, table, list(table.column_names), n_samples,
-                     _mapping(task, spec, columns), spec=spec, base=None)
+                     mapping, spec=spec, base=None)
+
+
+def _class_names(feature: Any) -> tuple[str, ...] | None:
+    """The class names of a ClassLabel feature, also one nested in a list or a dict of them."""
+    if getattr(feature, "names", None):
+        return tuple(feature.names)
+    inner = getattr(feature, "feature", None)
+    if inner is not None:
+        return _class_names(inner)
+    if isinstance(feature, dict):
+        for value in feature.values():
+            names = _class_names(value)
+            if names:
+                return names
+    return None
 
 
 def _mapping(task: Task, spec: DatasetSpec | None, columns: Columns) -> dict[str, str]:

@@ -40,12 +40,14 @@ def decide_kind(task: Task, model: ModelChoice, requested: str) -> ModelKind:
     """Whether the model does the task with its own head or is prompted, and why."""
     if requested == "task-specific":
         return ModelKind("task-specific", "--model-kind task-specific", task)
+    if requested == "auto" and task.prompt_template is None and model.name not in BUILTINS:
+        return ModelKind("task-specific", f"{task.name} is not run by prompting", task)
     architecture = BUILTINS.get(model.name) or language_model_architecture(model)
     if requested == "multi-purpose":
         return _prompted(task, model, architecture, "--model-kind multi-purpose")
     if model.name in BUILTINS:
         return _prompted(task, model, architecture, f"{model.name} is a built-in multi-purpose model")
-    if architecture is None or task.prompt_template is None:
+    if architecture is None:
         return ModelKind("task-specific", "the model has the task's own architecture", task)
     if architecture == "causal" or task.auto_model_class != "AutoModelForSeq2SeqLM":
         return _prompted(task, model, architecture,

@@ -117,7 +117,7 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
     # Scoring is not measured: it is evaluation, not the inference being costed.
     outcome.references = task.references(plan.dataset.targets, plan.dataset.spec)
     outcome.quality = task.score(outcome.predictions, outcome.references)
-    extra, outcome.quality_unavailable = task.model_quality(loaded, inputs, outcome.references,
-                                                            plan.settings, inputs_device)
+    extra, outcome.quality_unavailable = task.model_quality(
+        loaded, inputs, outcome.predictions, outcome.references, plan.settings, inputs_device)
     outcome.quality.update(extra)
     outcome.quality["quality"] = outcome.quality.get(task.primary_metric, math.nan)

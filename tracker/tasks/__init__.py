@@ -37,4 +37,17 @@ def get_task(name: str) -> Task:
 
 
 # Imported for their registration side effect.
-from tracker.tasks import summarization, text_classification  # noqa: E402,F401
+from tracker.tasks import (  # noqa: E402,F401
+    fill_mask,
+    image_classification,
+    image_to_text,
+    object_detection,
+    question_answering,
+    sentence_similarity,
+    speech_recognition,
+    summarization,
+    text_classification,
+    text_generation,
+    text_to_image,
+    token_classification,
+)

