@@ -1,4 +1,4 @@
-"""The ``tracker`` command: ``tracker run`` (one measured run) and ``tracker tasks``.
+"""The ``tracker`` command: ``run`` (one measured run), ``study`` (a definition's runs), ``tasks``.
 
 Flags mirror the MLproject ``main`` entry point's parameters in kebab case. User mistakes print
 one line and exit 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
@@ -13,7 +13,7 @@ import signal
 import sys
 
 from tracker.config import RunConfig
-from tracker.errors import RunInterrupted, UserError
+from tracker.errors import ConfigError, RunInterrupted, UserError
 
 # Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
 RUN_FLAGS = {
@@ -49,7 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text,
                          required=name == "task")
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    run.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                     help="add a tag to the run (repeatable)")
     commands.add_parser("tasks", help="list the tasks with their default models and datasets")
+    study = commands.add_parser("study", help="run every model x dataset of a study definition")
+    study.add_argument("definition", help="a YAML file, e.g. experiments/summarization.yaml")
+    study.add_argument("--force", nargs="?", const="true", default="false",
+                       help="measure again combinations that already have a FINISHED run")
+    study.add_argument("--n-samples", help="override the definition's n_samples (e.g. for a quick try)")
+    study.add_argument("--dry-run", action="store_true", help="list the runs without running them")
     return parser
 
 
@@ -60,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tasks":
             return _list_tasks()
+        if args.command == "study":
+            return _study(args)
         return _run(vars(args))
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
@@ -71,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: dict) -> int:
     args.pop("command")
+    tags = _parse_tags(args.pop("tags"))
     config = RunConfig.parse(**args)
     _quiet_libraries()
     from tracker.session import measure
 
-    report = measure(config)
+    report = measure(config, tags=tags)
     m = report.metrics
     print(f"run {report.run_id} FINISHED in experiment '{report.experiment}'")
     print(f"  energy: {_fmt(m.get('energy_kwh'))} kWh for {config.n_samples} inferences "
@@ -86,6 +97,45 @@ def _run(args: dict) -> int:
     print(f"  quality ({label}): {_fmt(m.get('quality'))}; "
           f"CPU energy {report.tags.get('tracker.energy.cpu.method')}")
     return 0
+
+
+def _parse_tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--tag must be KEY=VALUE, got '{pair}'")
+        tags[key.strip()] = value
+    return tags
+
+
+def _study(args: argparse.Namespace) -> int:
+    from tracker.study import load_definition, run_study
+
+    force = str(args.force).strip().lower()
+    if force not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"--force takes true or false, got '{args.force}'")
+    overrides = {"n_samples": args.n_samples} if args.n_samples not in (None, "") else {}
+    definition = load_definition(args.definition, overrides)
+    if args.dry_run:
+        for combination in definition.combinations:
+            print(combination.label)
+        print(f"{len(definition.combinations)} runs in experiment '{definition.combinations[0].config.experiment_name}'")
+        return 0
+    from tracker.tracking import check_tracking_server
+
+    check_tracking_server()
+    outcomes = run_study(definition, force=force in ("true", "1", "yes"))
+    print(f"study {definition.name}: {len(outcomes)} combinations")
+    for o in outcomes:
+        energy = _fmt(o.metrics.get("energy_kwh_per_1k")) if o.metrics else "-"
+        print(f"  {o.status:<8} {o.combination.label}  kWh/1k={energy}  run={o.run_id or '-'}"
+              + (f"  ({o.reason})" if o.reason and o.status != "SKIPPED" else ""))
+    failed = [o for o in outcomes if o.status in ("FAILED", "KILLED")]
+    if failed:
+        print(f"{len(failed)} of {len(outcomes)} failed; each run is FAILED in MLflow with its reason "
+              "(tag tracker.error)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _list_tasks() -> int:

@@ -7,6 +7,8 @@ each one and raises a ConfigError that names the flag, the bad value and what is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +91,15 @@ class RunConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """Identifies what is measured: equal for runs that differ only in display or destination.
+
+        Logged as the tag ``tracker.config_key``; a study skips a combination that already has a
+        FINISHED run with the same key.
+        """
+        measured = {k: v for k, v in self.as_dict().items() if k not in ("progress", "experiment")}
+        return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flag(name: str) -> str:

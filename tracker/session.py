@@ -48,8 +48,8 @@ class RunReport:
     tags: dict[str, str]
 
 
-def measure(config: RunConfig) -> RunReport:
-    """Run, measure and log one task/model/dataset combination."""
+def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunReport:
+    """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run."""
     check_tracking_server()
     task = get_task(config.task)
     location = resolve_location(config.country, config.carbon_intensity)
@@ -68,7 +68,7 @@ def measure(config: RunConfig) -> RunReport:
                    warmup=config.warmup, settings=settings, kind=kind)
     _seed(config.seed)
 
-    tags = _provenance_tags(plan, reachable)
+    tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()} | (tags or {})
     if precision_probe.env:
         tags["tracker.precision.note"] = " ".join(f"{k}={v}" for k, v in precision_probe.env.items())
     meter = EnergyMeter(location=location, gpu_ids=_gpu_ids(device),
@@ -158,6 +158,7 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
         "tracker.dataset.source": dataset.source,
         "tracker.dataset.location": dataset.location,
         "tracker.quality.meaningful": str(not builtin_used).lower(),
+        "tracker.run.fallback": str(bool(fallbacks)).lower(),
         "tracker.hub.reachable": str(hub_reachable).lower(),
         "tracker.python": platform.python_version(),
     }

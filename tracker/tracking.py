@@ -81,8 +81,7 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str]) -> Ite
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    experiment_id = _experiment_id(client, experiment)
-    run_id = _start_run(client, experiment_id, run_name, tags)
+    run_id = _start_run(client, experiment_id(client, experiment), run_name, tags)
     recorder = RunRecorder(client, run_id)
     try:
         yield recorder
@@ -98,7 +97,7 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str]) -> Ite
         _end(client, run_id, "FINISHED", {})
 
 
-def _experiment_id(client: Any, name: str) -> str:
+def experiment_id(client: Any, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
@@ -112,22 +111,22 @@ def _experiment_id(client: Any, name: str) -> str:
     return experiment.experiment_id
 
 
-def _start_run(client: Any, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str]) -> str:
     launcher_id = os.environ.get("MLFLOW_RUN_ID")
     launcher = client.get_run(launcher_id) if launcher_id else None
     run_tags = dict(tags)
     if launcher is not None:
         run_tags.update({k: v for k, v in launcher.data.tags.items() if k in PROVENANCE_FROM_LAUNCHER})
         run_tags["tracker.launcher_run_id"] = launcher_id
-        if launcher.info.experiment_id == experiment_id:
+        if launcher.info.experiment_id == exp_id:
             run_tags["mlflow.parentRunId"] = launcher_id  # shown nested under the launcher
-    run = client.create_run(experiment_id, run_name=run_name, tags=run_tags)
-    if launcher is not None:
+    run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
+    if launcher is not None and "tracker.study.name" not in tags:  # a study describes its launcher itself
         client.set_tag(launcher_id, "tracker.measured_run_id", run.info.run_id)
-        client.set_tag(launcher_id, "tracker.measured_experiment_id", experiment_id)
+        client.set_tag(launcher_id, "tracker.measured_experiment_id", exp_id)
         client.set_tag(launcher_id, "mlflow.note.content",
                        f"Launcher of `mlflow run`: the measured run is {run.info.run_id} in experiment "
-                       f"{experiment_id}, with the resolved params and every metric.")
+                       f"{exp_id}, with the resolved params and every metric.")
     return run.info.run_id
 
 

@@ -1,0 +1,203 @@
+"""A study: every model x dataset of a definition in experiments/, each as its own measured run.
+
+Each run happens in a child process (``tracker run``), so a model that crashes the interpreter
+(SIGILL, a segfault, the OOM killer) fails alone. Combinations that already have a FINISHED run
+with the same measured configuration (tag ``tracker.config_key``) and no fallback are skipped
+unless ``force``. A run that fails is recorded FAILED with its reason, also when it failed before
+``tracker run`` could create it, and the study goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tracker.config import RunConfig, flag
+from tracker.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED"]
+_DEFINITION_KEYS = {"task", "models", "datasets", "params", "description", "experiment"}
+
+
+@dataclass(frozen=True)
+class Combination:
+    config: RunConfig
+    label: str  # "model · dataset", for the user
+
+
+@dataclass
+class StudyDefinition:
+    name: str
+    task: str
+    combinations: list[Combination]
+    description: str = ""
+
+
+@dataclass
+class Outcome:
+    combination: Combination
+    status: Status
+    run_id: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyDefinition:
+    """Read and validate a study definition (YAML); every combination is checked before any runs.
+
+    The file holds ``task``, ``models`` (Hub ids, paths or built-in names; or mappings with
+    ``model`` and per-model params), ``datasets`` (names the task knows, paths or Hub ids) and
+    ``params`` (any `tracker run` parameter, for every run).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study definition '{path}' not found; pass a file such as experiments/summarization.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study definition '{path}' is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(raw, dict) or "task" not in raw or not raw.get("models"):
+        raise ConfigError(f"study definition '{path}' needs 'task' and a list of 'models'")
+    unknown = set(raw) - _DEFINITION_KEYS
+    if unknown:
+        raise ConfigError(f"study definition '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"use {', '.join(sorted(_DEFINITION_KEYS))}")
+    params = dict(raw.get("params") or {}) | dict(overrides or {})
+    datasets = raw.get("datasets") or [None]
+    combinations = []
+    for entry in raw["models"]:
+        model_params = dict(entry) if isinstance(entry, dict) else {"model": entry}
+        for dataset in datasets:
+            values = {"task": raw["task"], "experiment": raw.get("experiment"), "dataset": dataset,
+                      **params, **model_params, "progress": False}
+            try:
+                config = RunConfig.parse(**{k: _text(v) for k, v in values.items()})
+            except ConfigError as err:
+                raise ConfigError(f"study definition '{path}', model {model_params.get('model')}: {err}") from err
+            combinations.append(Combination(config, f"{config.model} · {config.dataset or 'default'}"))
+    return StudyDefinition(path.stem, raw["task"], combinations, str(raw.get("description") or ""))
+
+
+def _text(value: Any) -> Any:
+    return value if value is None or isinstance(value, (str, bool)) else str(value)
+
+
+def run_study(definition: StudyDefinition, *, force: bool = False) -> list[Outcome]:
+    """Run every combination in turn; never stops early for a failed one."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    outcomes = []
+    total = len(definition.combinations)
+    for number, combination in enumerate(definition.combinations, 1):
+        prefix = f"[{number}/{total}] {combination.label}"
+        done = None if force else finished_run(client, combination.config)
+        if done is not None:
+            logger.info("%s: skipped, FINISHED already as run %s (--force to measure again)", prefix, done)
+            outcomes.append(Outcome(combination, "SKIPPED", done, "already FINISHED"))
+            continue
+        logger.info("%s: running", prefix)
+        outcome = _run_one(client, definition, combination)
+        logger.info("%s: %s in %.0f s%s", prefix, outcome.status, outcome.seconds,
+                    f" ({outcome.reason})" if outcome.reason else "")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def finished_run(client: Any, config: RunConfig) -> str | None:
+    """The id of a FINISHED run of this exact configuration that used what it asked for."""
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(f"tags.`tracker.config_key` = '{config.key()}' and attributes.status = 'FINISHED'"),
+        max_results=50)
+    return next((r.info.run_id for r in runs if r.data.tags.get("tracker.run.fallback") != "true"), None)
+
+
+def _run_one(client: Any, definition: StudyDefinition, combination: Combination) -> Outcome:
+    config = combination.config
+    attempt = uuid.uuid4().hex
+    tags = {"tracker.study.name": definition.name, "tracker.study.attempt": attempt}
+    command = [sys.executable, "-m", "tracker", "run", "--no-progress"]
+    for name, value in config.as_dict().items():
+        if value is not None and name != "progress":
+            command += [flag(name), str(value)]
+    for key, value in tags.items():
+        command += ["--tag", f"{key}={value}"]
+    started = time.monotonic()
+    code, last_error = _relay(command)
+    seconds = time.monotonic() - started
+    run = _find_attempt(client, config, attempt)
+    if code == 0 and run is not None:
+        return Outcome(combination, "FINISHED", run.info.run_id, seconds=seconds, metrics=run.data.metrics)
+    reason = _exit_reason(code, last_error)
+    if run is None:  # it failed before the run existed (e.g. the model cannot be loaded)
+        run_id = _record_failure(client, config, tags, reason)
+        return Outcome(combination, "FAILED", run_id, reason, seconds)
+    if run.info.status == "RUNNING":  # the process died without closing its run
+        client.set_tag(run.info.run_id, "tracker.error", reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+        return Outcome(combination, "FAILED", run.info.run_id, reason, seconds)
+    status = run.info.status if run.info.status in ("FAILED", "KILLED") else "FAILED"
+    return Outcome(combination, status, run.info.run_id, run.data.tags.get("tracker.error", reason), seconds)
+
+
+def _relay(command: list[str]) -> tuple[int, str]:
+    """Run the child, passing its stderr through; its exit code and the line that says why it
+    failed (our one-line error, else the last line, such as a traceback's exception)."""
+    error = last = ""
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            sys.stderr.write(line)
+            if line.startswith("tracker: error:"):
+                error = line.removeprefix("tracker: error:").strip()
+            elif line.strip():
+                last = line.strip()
+    return child.returncode, error or last
+
+
+def _exit_reason(code: int, last_line: str) -> str:
+    if code < 0:
+        return f"the run's process died from {signal.Signals(-code).name}"
+    return last_line or f"the run's process exited with code {code}"
+
+
+def _find_attempt(client: Any, config: RunConfig, attempt: str) -> Any:
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`tracker.study.attempt` = '{attempt}'", max_results=1)
+    return runs[0] if runs else None
+
+
+def _record_failure(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
+    """A FAILED run for a combination that could not start, so the study's record is complete."""
+    from tracker.tracking import experiment_id
+
+    requested = {k: v for k, v in config.as_dict().items()
+                 if v is not None and k not in ("progress", "experiment")}
+    run = client.create_run(experiment_id(client, config.experiment_name),
+                            run_name=f"{config.model} · {config.dataset or 'default'} (failed to start)",
+                            tags=tags | {"tracker.error": reason[:5000], "tracker.config_key": config.key(),
+                                         "tracker.run.started": "false"})
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in requested.items()])
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
