@@ -56,7 +56,7 @@ def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Read and validate a study definition (YAML); every combination is checked before any runs.
 
     The file holds ``task``, ``models`` (Hub ids, paths or built-in names; or mappings with
-    ``model`` and per-model params), ``datasets`` (names the task knows, paths or Hub ids) and
+    ``model``, per-model params and, optionally, the model's own ``datasets``), ``datasets`` (names the task knows, paths or Hub ids) and
     ``params`` (any `tracker run` parameter, for every run).
     """
     import yaml
@@ -79,7 +79,8 @@ def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -
     combinations = []
     for entry in raw["models"]:
         model_params = dict(entry) if isinstance(entry, dict) else {"model": entry}
-        for dataset in datasets:
+        # A model made for one dataset's classes (e.g. a CIFAR-10 classifier) lists its own.
+        for dataset in model_params.pop("datasets", None) or datasets:
             values = {"task": raw["task"], "experiment": raw.get("experiment"), "dataset": dataset,
                       **params, **model_params, "progress": False}
             try:
