@@ -131,3 +131,58 @@ def test_task_specific_model_is_not_prompted_even_when_asked_auto(cli, client):
     assert code == 0, err
     [run] = all_runs(client)
     assert run.data.tags["tracker.model.kind"] == "task-specific"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A CLIP model and processor built from configs and saved, as a user's local CLIP would be."""
+    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
+                              CLIPVisionConfig)
+
+    from tracker.builtin import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    tokenizer = train_tokenizer(["a red fox at sunset, oil painting", "a robot reading a book"] * 20, "bart")
+    tokenizer.model_max_length = 77
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                          num_attention_heads=4, num_hidden_layers=2, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                              num_hidden_layers=2, image_size=32, patch_size=8)
+    CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                         projection_dim=16)).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                     crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    return str(folder)
+
+
+def test_clip_score_is_torchmetrics_formula(tiny_clip):
+    import random
+
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from tracker.media import draw_scene
+    from tracker.tasks.text_to_image import clip_scores
+
+    images = [draw_scene(random.Random(i))[0] for i in range(6)]
+    prompts = ["a red fox at sunset", "a robot reading a book"] * 3
+    scores = clip_scores(tiny_clip, images, prompts, batch_size=4)
+    model, processor = CLIPModel.from_pretrained(tiny_clip), CLIPProcessor.from_pretrained(tiny_clip)
+    with torch.no_grad():
+        out = model(**processor(text=prompts, images=images, return_tensors="pt", padding=True))
+    cosine = torch.nn.functional.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
+    assert scores == pytest.approx((100 * cosine.clamp(min=0)).tolist(), abs=1e-4)
+
+
+def test_text_to_image_is_scored_when_a_clip_model_is_given(cli, client, tiny_clip, monkeypatch):
+    monkeypatch.setenv("TRACKER_CLIP_MODEL", tiny_clip)
+    code, _, err = _run(cli, "text-to-image", "--image-size", "32", "--guidance-scale", "3")
+    assert code == 0, err
+    [run] = all_runs(client)
+    metrics, tags, params = run.data.metrics, run.data.tags, run.data.params
+    assert 0 <= metrics["clip_score"] <= 100 and metrics["quality"] == metrics["clip_score"]
+    assert "tracker.quality.unavailable" not in tags
+    assert params["image_size"] == "32" and params["guidance_scale"] == "3.0"
+    assert params["num_inference_steps"] == "2"

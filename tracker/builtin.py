@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +112,15 @@ def train_tokenizer(texts: Iterable[str], style: Literal["bert", "bart"], vocab_
         special_tokens=[(start, tokenizer.token_to_id(start)), (end, tokenizer.token_to_id(end))],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=512, **specials)
+
+
+def save_tiny_distilbert(folder: Path, texts: list[str], head: str, **config: Any) -> None:
+    """A two-layer DistilBERT with the given head class (e.g. "DistilBertForMaskedLM") and a
+    WordPiece tokenizer trained on ``texts``, written with save_pretrained."""
+    import transformers
+
+    tokenizer = train_tokenizer(texts, "bert")
+    settings = transformers.DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=4,
+                                             hidden_dim=128, pad_token_id=tokenizer.pad_token_id, **config)
+    getattr(transformers, head)(settings).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

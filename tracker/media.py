@@ -103,6 +103,18 @@ def draw_scene(rng: random.Random, size: int = 64, count: int | None = None):
     return image, objects
 
 
+def write_scenes(folder: Path, count: int, rng: random.Random, size: int,
+                 objects: int | None = None) -> list[tuple[str, list[tuple[str, list[int]]]]]:
+    """``count`` drawn images saved as PNG under ``folder/images``: (relative path, objects) each."""
+    (folder / "images").mkdir()
+    scenes = []
+    for i in range(count):
+        image, drawn = draw_scene(rng, size=size, count=objects)
+        image.save(folder / "images" / f"{i:05d}.png")
+        scenes.append((f"images/{i:05d}.png", drawn))
+    return scenes
+
+
 def speak(text: str, rng: random.Random, rate: int = SAMPLING_RATE):
     """A stand-in for speech: one short harmonic tone per word (pitch from the word), with pauses
     and a little noise. Not intelligible; it gives a speech model real audio of a realistic length."""

@@ -87,8 +87,9 @@ class Task(ABC):
     generative: ClassVar[bool] = False
     # The GenerationSettings fields that change this task's work, logged as params.
     settings_params: ClassVar[tuple[str, ...]] = ()
-    # The transformers Auto class that loads the task's models, e.g. "AutoModelForSeq2SeqLM".
+    # The transformers Auto classes that load the task's models and prepare their inputs.
     auto_model_class: ClassVar[str] = ""
+    preprocessor_class: ClassVar[str] = "AutoTokenizer"  # or "AutoImageProcessor", ...
     # Rows of the built-in sample dataset (fewer where each row is a media file).
     sample_size: ClassVar[int] = 2000
 
@@ -107,13 +108,17 @@ class Task(ABC):
         return ("" if value is None else str(value)), target
 
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        """Load model and tokenizer from a Hub id or a local folder (fp32, CPU, eval mode)."""
+        """Load the model and its tokenizer or processor from a Hub id or a local folder
+        (fp32, CPU, eval mode)."""
         import transformers
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        auto_class = getattr(transformers, self.auto_model_class)
-        model = auto_class.from_pretrained(source, local_files_only=local_only)
-        return LoadedModel(model=model.eval(), tokenizer=tokenizer)
+        prepare = getattr(transformers, self.preprocessor_class).from_pretrained(
+            source, local_files_only=local_only)
+        model = getattr(transformers, self.auto_model_class).from_pretrained(
+            source, local_files_only=local_only)
+        if self.preprocessor_class == "AutoTokenizer":
+            return LoadedModel(model=model.eval(), tokenizer=prepare)
+        return LoadedModel(model=model.eval(), processor=prepare)
 
     @abstractmethod
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker import quality
-from tracker.builtin import train_tokenizer
+from tracker.builtin import save_tiny_distilbert
 from tracker.tasks import register
 from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 from tracker.tasks.prose import paragraph
@@ -59,13 +59,7 @@ class FillMask(Task):
         return {"accuracy": quality.accuracy(predictions, references)}
 
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
-        from transformers import DistilBertConfig, DistilBertForMaskedLM
-
-        tokenizer = train_tokenizer(texts_of(rows), "bert")
-        config = DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=4,
-                                  hidden_dim=128, pad_token_id=tokenizer.pad_token_id)
-        DistilBertForMaskedLM(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_tiny_distilbert(folder, texts_of(rows), "DistilBertForMaskedLM")
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
         return [{"text": paragraph(rng, (1, 3))} for _ in range(count)]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker import quality
-from tracker.media import SHAPES, draw_scene, load_image
+from tracker.media import SHAPES, load_image, write_scenes
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
                                 class_name, input_dtype)
@@ -29,17 +29,11 @@ class ImageClassification(Task):
     target_column = "label"
     primary_metric = "accuracy"
     auto_model_class = "AutoModelForImageClassification"
+    preprocessor_class = "AutoImageProcessor"
     sample_size = 1000
 
     def example(self, row: dict[str, Any], base: Path | None) -> tuple[Any, Any] | None:
         return load_image(row["image"], base), row["label"]
-
-    def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        import transformers
-
-        processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-        model = transformers.AutoModelForImageClassification.from_pretrained(source, local_files_only=local_only)
-        return LoadedModel(model=model.eval(), processor=processor)
 
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,
                 device: Any) -> BatchOutput:
@@ -73,11 +67,5 @@ class ImageClassification(Task):
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
-        (folder / "images").mkdir()
-        rows = []
-        for i in range(count):
-            image, [(shape, _)] = draw_scene(rng, size=48, count=1)
-            image.save(folder / "images" / f"{i:05d}.png")
-            rows.append({"image": f"images/{i:05d}.png", "label": shape})
-        return rows
-
+        return [{"image": path, "label": objects[0][0]}
+                for path, objects in write_scenes(folder, count, rng, size=48, objects=1)]

@@ -8,7 +8,7 @@ from typing import Any
 
 from tracker import quality
 from tracker.builtin import train_tokenizer
-from tracker.media import draw_scene, load_image
+from tracker.media import load_image, write_scenes
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
                                 input_dtype, texts_of)
@@ -96,14 +96,11 @@ class ImageToText(Task):
         ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
-        (folder / "images").mkdir()
         rows = []
-        for i in range(count):
-            image, objects = draw_scene(rng, size=64)
-            image.save(folder / "images" / f"{i:05d}.png")
+        for path, objects in write_scenes(folder, count, rng, size=64):
             shapes = [shape for shape, _ in objects]
             counted = ", ".join(f"{shapes.count(s)} {s}{'s' if shapes.count(s) > 1 else ''}"
                                 for s in sorted(set(shapes)))
-            rows.append({"image": f"images/{i:05d}.png",
+            rows.append({"image": path,
                          "captions": [f"a picture of {counted}", f"{counted} on a plain background"]})
         return rows

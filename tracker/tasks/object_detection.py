@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker import quality
-from tracker.media import SHAPES, draw_scene, load_image
+from tracker.media import SHAPES, load_image, write_scenes
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
                                 class_name, input_dtype)
@@ -32,17 +32,11 @@ class ObjectDetection(Task):
     target_column = "objects"
     primary_metric = "map"
     auto_model_class = "AutoModelForObjectDetection"
+    preprocessor_class = "AutoImageProcessor"
     sample_size = 1000
 
     def example(self, row: dict[str, Any], base: Path | None) -> tuple[Any, Any] | None:
         return load_image(row["image"], base), row["objects"]
-
-    def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        import transformers
-
-        processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-        model = transformers.AutoModelForObjectDetection.from_pretrained(source, local_files_only=local_only)
-        return LoadedModel(model=model.eval(), processor=processor)
 
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,
                 device: Any) -> BatchOutput:
@@ -94,15 +88,8 @@ class ObjectDetection(Task):
         DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(folder)
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
-        (folder / "images").mkdir()
-        rows = []
-        for i in range(count):
-            image, objects = draw_scene(rng, size=64)
-            image.save(folder / "images" / f"{i:05d}.png")
-            rows.append({"image": f"images/{i:05d}.png",
-                         "objects": [{"label": shape, "box": box} for shape, box in objects]})
-        return rows
-
+        return [{"image": path, "objects": [{"label": shape, "box": box} for shape, box in objects]}
+                for path, objects in write_scenes(folder, count, rng, size=64)]
 
 def _objects(target: Any, layout: str) -> list[tuple[Any, tuple[float, ...]]]:
     """(label, (x0, y0, x1, y1)) pairs from the layouts the study's datasets use."""

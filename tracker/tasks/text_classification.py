@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker import quality
-from tracker.builtin import train_tokenizer
+from tracker.builtin import save_tiny_distilbert
 from tracker.tasks import register
 from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 
@@ -74,16 +74,9 @@ class TextClassification(Task):
         return _ALIASES.get(text, text)
 
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
-        from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-        tokenizer = train_tokenizer(texts_of(rows), "bert")
-        config = DistilBertConfig(
-            vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=4, hidden_dim=128,
-            max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-            id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
-        )
-        DistilBertForSequenceClassification(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        labels = {0: "NEGATIVE", 1: "POSITIVE"}
+        save_tiny_distilbert(folder, texts_of(rows), "DistilBertForSequenceClassification",
+                             id2label=labels, label2id={v: k for k, v in labels.items()})
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
         return [_review(rng) for _ in range(count)]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker import quality
-from tracker.builtin import train_tokenizer
+from tracker.builtin import save_tiny_distilbert
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
                                 class_name, texts_of)
@@ -78,15 +78,9 @@ class TokenClassification(Task):
         return " ".join(value)[:500]
 
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
-        from transformers import DistilBertConfig, DistilBertForTokenClassification
-
-        tokenizer = train_tokenizer(texts_of(rows), "bert")
         labels = dict(enumerate(CONLL_TAGS))
-        config = DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=4,
-                                  hidden_dim=128, pad_token_id=tokenizer.pad_token_id,
-                                  id2label=labels, label2id={v: k for k, v in labels.items()})
-        DistilBertForTokenClassification(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_tiny_distilbert(folder, texts_of(rows), "DistilBertForTokenClassification",
+                             id2label=labels, label2id={v: k for k, v in labels.items()})
 
     def sample_rows(self, count: int, rng: random.Random, folder: Path) -> list[dict[str, Any]]:
         return [_tagged_sentence(rng) for _ in range(count)]
