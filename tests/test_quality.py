@@ -119,3 +119,17 @@ def test_map_ranks_detections_by_score():
     # a wrong box scored above the right one: precision 1/2 at recall 1 -> AP 0.5
     ranked = [[("cat", 0.9, (50, 50, 60, 60)), ("cat", 0.5, (0, 0, 10, 10))]]
     assert quality.mean_average_precision(ranked, truth)["map"] == pytest.approx(0.5)
+
+
+def test_generated_tokens_count_up_to_the_first_eos():
+    import torch
+
+    from tracker.tasks.base import count_generated
+
+    eos, pad = 2, 1
+    ids = torch.tensor([[5, 6, eos, pad, pad],   # 3: padding after EOS is not generated
+                        [pad, pad, 7, 8, 9],     # 5: pad ids before any EOS were generated
+                        [4, eos, eos, pad, pad]])  # 2
+    assert count_generated(ids, eos) == 10
+    assert count_generated(ids, [eos, 9]) == 10
+    assert count_generated(ids, None) == 15

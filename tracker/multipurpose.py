@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from tracker.errors import ConfigError, ModelLoadError
 from tracker.models import ModelChoice
-from tracker.tasks.base import BatchOutput, GenerationSettings, LoadedModel, Task
+from tracker.tasks.base import BatchOutput, GenerationSettings, LoadedModel, Task, count_generated
 
 Architecture = Literal["seq2seq", "causal"]
 BUILTIN_SEQ2SEQ = "builtin-tiny-seq2seq"
@@ -120,7 +120,7 @@ class PromptedModel:
                                     pad_token_id=tokenizer.pad_token_id)
         # A causal model returns the prompt too; a seq2seq one starts with its decoder start token.
         generated = output[:, encoded["input_ids"].shape[1]:] if self.architecture == "causal" else output[:, 1:]
-        count = int((generated != tokenizer.pad_token_id).sum())
+        count = count_generated(generated, model.generation_config.eos_token_id)
         texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
         return BatchOutput([self.task.parse_generation(t) for t in texts], generated_tokens=count)
 

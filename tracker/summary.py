@@ -23,8 +23,8 @@ def query_figures(query: QueryReading, *, generative: bool) -> dict[str, float]:
         "energy_ram_kwh": energy.ram_kwh,
         "emissions_kg": energy.emissions_kg,
         "duration_s": energy.duration_s,
+        # kWh per 1,000 inferences is also Wh per output (per image, per summary).
         "energy_kwh_per_1k": energy.per_1k(n).total_kwh if n else math.nan,
-        "energy_wh_per_output": energy.total_kwh * 1000 / n if n else math.nan,
         "emissions_g_per_output": energy.emissions_kg * 1000 / n if n else math.nan,
         "throughput_per_s": n / energy.duration_s if energy.duration_s > 0 else math.nan,
         "carbon_intensity_g_per_kwh": (energy.emissions_kg * 1000 / energy.total_kwh

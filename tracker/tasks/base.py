@@ -215,3 +215,17 @@ def input_dtype(model: Any):
 
     dtype = next(model.parameters()).dtype
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def count_generated(ids: Any, eos_token_id: int | list[int] | None) -> int:
+    """Tokens generated per row up to and including the first end-of-sequence token.
+
+    What follows EOS is padding added for the batch; a pad id before it is a token the model
+    generated (random tiny models do), so padding cannot be told apart by its id.
+    """
+    eos = set(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]) - {None}
+    total = 0
+    for row in ids.tolist():
+        end = next((i for i, token in enumerate(row) if token in eos), None)
+        total += len(row) if end is None else end + 1
+    return total

@@ -10,7 +10,8 @@ from typing import Any
 from tracker import quality
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
+                                count_generated, texts_of)
 
 
 @register
@@ -46,8 +47,7 @@ class Summarization(Task):
             output = model.generate(**inputs, max_new_tokens=settings.max_new_tokens)
         # The first position is the decoder start token, not a generated one.
         generated = output[:, 1:]
-        pad = model.generation_config.pad_token_id
-        count = int((generated != pad).sum()) if pad is not None else generated.numel()
+        count = count_generated(generated, model.generation_config.eos_token_id)
         summaries = tokenizer.batch_decode(generated, skip_special_tokens=True)
         return BatchOutput([s.strip() for s in summaries], generated_tokens=count)
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
+                                count_generated, texts_of)
 from tracker.tasks.prose import paragraph
 
 MIN_WORDS = 16  # shorter texts (WikiText's headings and blank lines) are passed over
@@ -58,7 +59,7 @@ class TextGeneration(Task):
             output = loaded.model.generate(**encoded, max_new_tokens=settings.max_new_tokens,
                                            do_sample=False, pad_token_id=tokenizer.pad_token_id)
         generated = output[:, encoded["input_ids"].shape[1]:]
-        count = int((generated != tokenizer.pad_token_id).sum())
+        count = count_generated(generated, loaded.model.generation_config.eos_token_id)
         return BatchOutput([t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)],
                            generated_tokens=count)
 
