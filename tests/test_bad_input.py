@@ -81,3 +81,17 @@ def test_int8_on_a_gpu_is_refused_before_any_run():
 
     with pytest.raises(PrecisionUnsupportedError, match="runs on the CPU only"):
         ensure_supported("cuda:0", "int8")
+
+
+def test_text_to_image_without_diffusers_is_refused_before_any_run(cli, client, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "diffusers" else real_find_spec(name, *a))
+    code, _, err = cli("run", "--task", "text-to-image", "--n-samples", "2", "--no-progress")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert 'pip install -e ".[diffusion]"' in line
+    assert client.search_experiments() == [] or all(
+        not client.search_runs([e.experiment_id]) for e in client.search_experiments())

@@ -52,6 +52,9 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run."""
     check_tracking_server()
     task = get_task(config.task)
+    missing = task.missing_requirement()
+    if missing:
+        raise ConfigError(missing)
     location = resolve_location(config.country, config.carbon_intensity)
     device = resolve_device(config.device)
     precision_probe = ensure_supported(device, config.precision)

@@ -93,6 +93,10 @@ class Task(ABC):
     # Rows of the built-in sample dataset (fewer where each row is a media file).
     sample_size: ClassVar[int] = 2000
 
+    def missing_requirement(self) -> str | None:
+        """What must be installed for this task, when it is not; checked before any run starts."""
+        return None
+
     @property
     def columns(self) -> tuple[str, ...]:
         target = (self.target_column,) if self.target_column else ()

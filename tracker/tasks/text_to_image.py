@@ -7,6 +7,7 @@ is openai/clip-vit-base-patch16 from the Hub or its cache, or the one named by T
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import random
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from tracker.builtin import train_tokenizer
-from tracker.errors import ConfigError
 from tracker.tasks import register
 from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 
@@ -47,15 +47,18 @@ class TextToImage(Task):
     settings_params = ("image_size", "num_inference_steps", "guidance_scale")
     sample_size = 1000
 
+    def missing_requirement(self) -> str | None:
+        if importlib.util.find_spec("diffusers") is None:
+            return 'text-to-image needs diffusers: pip install -e ".[diffusion]"'
+        return None
+
     def example(self, row: dict[str, Any], base: Path | None) -> tuple[Any, Any] | None:
         prompt = str(row["prompt"] or "").strip()
         return (prompt, prompt) if prompt else None
 
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
-        try:
-            from diffusers import DiffusionPipeline
-        except ImportError as err:
-            raise ConfigError("text-to-image needs diffusers: pip install -e \".[diffusion]\"") from err
+        from diffusers import DiffusionPipeline
+
         pipeline = DiffusionPipeline.from_pretrained(source, local_files_only=local_only)
         pipeline.set_progress_bar_config(disable=True)
         return LoadedModel(model=pipeline)
