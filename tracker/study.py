@@ -10,16 +10,12 @@ unless ``force``. A run that fails is recorded FAILED with its reason, also when
 from __future__ import annotations
 
 import logging
-import signal
-import subprocess
-import sys
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tracker.config import RunConfig, flag
+from tracker.child import measure_in_child, record_failed_start
+from tracker.config import RunConfig
 from tracker.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -130,75 +126,13 @@ def finished_run(client: Any, config: RunConfig) -> str | None:
 
 
 def _run_one(client: Any, definition: StudyDefinition, combination: Combination) -> Outcome:
-    config = combination.config
-    attempt = uuid.uuid4().hex
-    tags = {"tracker.study.name": definition.name, "tracker.study.attempt": attempt}
-    command = [sys.executable, "-m", "tracker", "run", "--no-progress"]
-    for name, value in config.as_dict().items():
-        if value is not None and name != "progress":
-            command += [flag(name), str(value)]
-    for key, value in tags.items():
-        command += ["--tag", f"{key}={value}"]
-    started = time.monotonic()
-    code, last_error = _relay(command)
-    seconds = time.monotonic() - started
-    run = _find_attempt(client, config, attempt)
-    if code == 0 and run is not None:
-        return Outcome(combination, "FINISHED", run.info.run_id, seconds=seconds, metrics=run.data.metrics)
-    reason = _exit_reason(code, last_error)
-    if run is None:  # it failed before the run existed (e.g. the model cannot be loaded)
-        run_id = _record_failure(client, config, tags, reason)
-        return Outcome(combination, "FAILED", run_id, reason, seconds)
-    if run.info.status == "RUNNING":  # the process died without closing its run
-        client.set_tag(run.info.run_id, "tracker.error", reason)
-        client.set_terminated(run.info.run_id, "FAILED")
-        return Outcome(combination, "FAILED", run.info.run_id, reason, seconds)
-    status = run.info.status if run.info.status in ("FAILED", "KILLED") else "FAILED"
-    return Outcome(combination, status, run.info.run_id, run.data.tags.get("tracker.error", reason), seconds)
-
-
-def _relay(command: list[str]) -> tuple[int, str]:
-    """Run the child, passing its stderr through; its exit code and the line that says why it
-    failed (our one-line error, else the last line, such as a traceback's exception)."""
-    error = last = ""
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as child:
-        assert child.stderr is not None
-        for line in child.stderr:
-            sys.stderr.write(line)
-            if line.startswith("tracker: error:"):
-                error = line.removeprefix("tracker: error:").strip()
-            elif line.strip():
-                last = line.strip()
-    return child.returncode, error or last
-
-
-def _exit_reason(code: int, last_line: str) -> str:
-    if code < 0:
-        return f"the run's process died from {signal.Signals(-code).name}"
-    return last_line or f"the run's process exited with code {code}"
-
-
-def _find_attempt(client: Any, config: RunConfig, attempt: str) -> Any:
-    experiment = client.get_experiment_by_name(config.experiment_name)
-    if experiment is None:
-        return None
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`tracker.study.attempt` = '{attempt}'", max_results=1)
-    return runs[0] if runs else None
-
-
-def _record_failure(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
-    """A FAILED run for a combination that could not start, so the study's record is complete."""
-    from tracker.tracking import experiment_id
-
-    requested = {k: v for k, v in config.as_dict().items()
-                 if v is not None and k not in ("progress", "experiment")}
-    run = client.create_run(experiment_id(client, config.experiment_name),
-                            run_name=f"{config.model} · {config.dataset or 'default'} (failed to start)",
-                            tags=tags | {"tracker.error": reason[:5000], "tracker.config_key": config.key(),
-                                         "tracker.run.started": "false"})
-    from mlflow.entities import Param
-
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in requested.items()])
-    client.set_terminated(run.info.run_id, "FAILED")
-    return run.info.run_id
+    tags = {"tracker.study.name": definition.name}
+    result = measure_in_child(client, combination.config, tags)
+    if result.status == "FINISHED":
+        return Outcome(combination, "FINISHED", result.run.info.run_id, seconds=result.seconds,
+                       metrics=result.run.data.metrics)
+    if result.run is None:  # it failed before the run existed (e.g. the model cannot be loaded)
+        run_id = record_failed_start(client, combination.config, tags, result.reason)
+        return Outcome(combination, "FAILED", run_id, result.reason, result.seconds)
+    return Outcome(combination, result.status, result.run.info.run_id, result.reason,  # type: ignore[arg-type]
+                   result.seconds)

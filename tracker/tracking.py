@@ -118,10 +118,11 @@ def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str]) ->
     if launcher is not None:
         run_tags.update({k: v for k, v in launcher.data.tags.items() if k in PROVENANCE_FROM_LAUNCHER})
         run_tags["tracker.launcher_run_id"] = launcher_id
-        if launcher.info.experiment_id == exp_id:
+        if launcher.info.experiment_id == exp_id and "mlflow.parentRunId" not in tags:
             run_tags["mlflow.parentRunId"] = launcher_id  # shown nested under the launcher
     run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
-    if launcher is not None and "tracker.study.name" not in tags:  # a study describes its launcher itself
+    # A study or a search describes its launcher itself; its runs carry tracker.attempt.
+    if launcher is not None and "tracker.attempt" not in tags:
         client.set_tag(launcher_id, "tracker.measured_run_id", run.info.run_id)
         client.set_tag(launcher_id, "tracker.measured_experiment_id", exp_id)
         client.set_tag(launcher_id, "mlflow.note.content",

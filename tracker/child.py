@@ -1,0 +1,99 @@
+"""One measured run in a child process (`tracker run`), and finding what it left in MLflow.
+
+Studies and tuning measure each combination this way: a model that kills its process (SIGILL,
+a segfault, the OOM killer) then fails alone, and memory is returned between runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from tracker.config import RunConfig, flag
+
+
+@dataclass
+class ChildResult:
+    run: Any | None  # the MLflow run it made, if it got that far
+    status: str  # FINISHED, FAILED or KILLED
+    reason: str  # why it did not finish, "" when it did
+    seconds: float
+
+
+def run_command(config: RunConfig, tags: dict[str, str]) -> list[str]:
+    """The `tracker run` command line for a config and extra tags."""
+    command = [sys.executable, "-m", "tracker", "run", "--no-progress"]
+    for name, value in config.as_dict().items():
+        if value is not None and name != "progress":
+            command += [flag(name), str(value)]
+    for key, value in tags.items():
+        command += ["--tag", f"{key}={value}"]
+    return command
+
+
+def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> ChildResult:
+    """Run the config in a child process; a run that died with its process is closed FAILED."""
+    attempt = uuid.uuid4().hex
+    tags = tags | {"tracker.attempt": attempt}
+    started = time.monotonic()
+    code, last_line = _relay(run_command(config, tags))
+    seconds = time.monotonic() - started
+    run = _find_attempt(client, config, attempt)
+    if code == 0 and run is not None:
+        return ChildResult(run, "FINISHED", "", seconds)
+    reason = (f"the run's process died from {signal.Signals(-code).name}" if code < 0
+              else last_line or f"the run's process exited with code {code}")
+    if run is None:
+        return ChildResult(None, "FAILED", reason, seconds)
+    if run.info.status == "RUNNING":  # the process died without closing its run
+        client.set_tag(run.info.run_id, "tracker.error", reason)
+        client.set_terminated(run.info.run_id, "FAILED")
+        return ChildResult(client.get_run(run.info.run_id), "FAILED", reason, seconds)
+    status = run.info.status if run.info.status in ("FAILED", "KILLED") else "FAILED"
+    return ChildResult(run, status, run.data.tags.get("tracker.error", reason), seconds)
+
+
+def record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
+    """A FAILED run for a configuration whose process failed before it could make its run."""
+    from mlflow.entities import Param
+
+    from tracker.tracking import experiment_id
+
+    requested = {k: v for k, v in config.as_dict().items()
+                 if v is not None and k not in ("progress", "experiment")}
+    run = client.create_run(experiment_id(client, config.experiment_name),
+                            run_name=f"{config.model} · {config.dataset or 'default'} (failed to start)",
+                            tags=tags | {"tracker.error": reason[:5000], "tracker.config_key": config.key(),
+                                         "tracker.run.started": "false"})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in requested.items()])
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def _relay(command: list[str]) -> tuple[int, str]:
+    """Run the child, passing its stderr through; its exit code and the line that says why it
+    failed (our one-line error, else the last line, such as a traceback's exception)."""
+    error = last = ""
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as child:
+        assert child.stderr is not None
+        for line in child.stderr:
+            sys.stderr.write(line)
+            if line.startswith("tracker: error:"):
+                error = line.removeprefix("tracker: error:").strip()
+            elif line.strip():
+                last = line.strip()
+    return child.returncode, error or last
+
+
+def _find_attempt(client: Any, config: RunConfig, attempt: str) -> Any:
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id],
+                              filter_string=f"tags.`tracker.attempt` = '{attempt}'", max_results=1)
+    return runs[0] if runs else None
