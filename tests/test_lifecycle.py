@@ -4,15 +4,13 @@ launched by `mlflow run`, and two at once."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
-from conftest import REPO, all_runs, subprocess_env
+from conftest import REPO, all_runs, mlflow_server, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -55,29 +53,8 @@ def test_signal_mid_run_ends_killed_with_partial_energy(client, sig, code):
     assert "of 2000 inferences measured" in run.data.tags["tracker.run.partial"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_run_against_a_real_mlflow_server(hermetic):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{hermetic}/server.db",
-         "--artifacts-destination", str(hermetic / "server-artifacts"), "--workers", "1"],
-        env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not start")
+    with mlflow_server(hermetic) as uri:
         proc = _tracker("--task", "text-classification", "--n-samples", "16", "--country", "FRA",
                         "--no-progress", env=subprocess_env(MLFLOW_TRACKING_URI=uri))
         out, err = proc.communicate(timeout=180)
@@ -88,9 +65,6 @@ def test_run_against_a_real_mlflow_server(hermetic):
         [run] = all_runs(remote)
         assert run.info.status == "FINISHED"
         assert "codecarbon" in {a.path for a in remote.list_artifacts(run.info.run_id)}
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_mlflow_run_entry_point(client, hermetic):

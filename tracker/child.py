@@ -79,7 +79,8 @@ def _relay(command: list[str]) -> tuple[int, str]:
     """Run the child, passing its stderr through; its exit code and the line that says why it
     failed (our one-line error, else the last line, such as a traceback's exception)."""
     error = last = ""
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1) as child:
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1,
+                          preexec_fn=_die_with_parent) as child:
         assert child.stderr is not None
         for line in child.stderr:
             sys.stderr.write(line)
@@ -88,6 +89,17 @@ def _relay(command: list[str]) -> tuple[int, str]:
             elif line.strip():
                 last = line.strip()
     return child.returncode, error or last
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies (Linux), so a killed study or search does
+    not leave a run measuring on its own; the run then ends KILLED with its partial energy."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _find_attempt(client: Any, config: RunConfig, attempt: str) -> Any:

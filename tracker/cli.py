@@ -41,6 +41,21 @@ RUN_FLAGS = {
 }
 
 
+# The search's own parameters: (flag, help); validated by _tune.
+TUNE_FLAGS = {
+    "n_trials": "trials in the study, all workers together (default 20)",
+    "max_batch_size": "largest batch size tried; powers of two up to it (default 64)",
+    "precisions": "comma-separated precisions to try (default: all that apply to the device)",
+    "max_quality_drop": "allowed quality loss against fp32 at batch 1, a fraction (default 0.01)",
+    "objective": "carbon (lowest gCO2eq per output, quality as a constraint) or pareto (default carbon)",
+    "study_name": "Optuna study name; the same name and storage continue a study (default: derived)",
+    "storage": "sqlite:///FILE (one worker, default sqlite:///optuna.db) or postgresql://... (several)",
+    "min_window_s": "repeat the query phase until the baseline fills this many seconds (default 3)",
+    "heartbeat_s": "seconds between a worker's heartbeats; a trial silent 3x as long is retried (default 30)",
+    "sampler_seed": "seed of the sampler (default: random)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure again combinations that already have a FINISHED run")
     study.add_argument("--n-samples", help="override the definition's n_samples (e.g. for a quick try)")
     study.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+
+    tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
+    for name, help_text in RUN_FLAGS.items():
+        if name not in ("batch_size", "precision"):
+            tune.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text, required=name == "task")
+    for name, help_text in TUNE_FLAGS.items():
+        tune.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
     return parser
 
 
@@ -70,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             return _list_tasks()
         if args.command == "study":
             return _study(args)
+        if args.command == "tune":
+            return _tune(vars(args))
         return _run(vars(args))
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
@@ -136,6 +160,47 @@ def _study(args: argparse.Namespace) -> int:
         print(f"{len(failed)} of {len(outcomes)} failed; each run is FAILED in MLflow with its reason "
               "(tag tracker.error)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _tune(args: dict) -> int:
+    from tracker.config import _integer, _number
+    from tracker.tune import DEFAULT_STORAGE, TuneConfig, tune
+
+    args.pop("command")
+    raw = {name: args.pop(name) for name in TUNE_FLAGS}
+    raw = {k: v for k, v in raw.items() if v not in (None, "")}
+    run = RunConfig.parse(**args, progress=False)
+    options: dict = {"run": run}
+    for name, minimum in (("n_trials", 1), ("max_batch_size", 1), ("heartbeat_s", 1), ("sampler_seed", 0)):
+        if name in raw:
+            options["seed" if name == "sampler_seed" else name] = _integer(name, raw[name], minimum)
+    for name in ("max_quality_drop", "min_window_s"):
+        if name in raw:
+            options[name] = _number(name, raw[name])
+    if "precisions" in raw:
+        from tracker.precision import PRECISIONS
+
+        chosen = tuple(p.strip() for p in raw["precisions"].split(",") if p.strip())
+        unknown = [p for p in chosen if p not in PRECISIONS]
+        if unknown or not chosen:
+            raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, "
+                              f"got '{raw['precisions']}'")
+        options["precisions"] = chosen
+    options.update({k: raw[k] for k in ("objective", "study_name") if k in raw})
+    options["storage"] = raw.get("storage", DEFAULT_STORAGE)
+    config = TuneConfig(**options)
+    _quiet_libraries()
+    summary = tune(config)
+    print(f"study {summary['study']}: {summary['trials']} trials")
+    print(f"  baseline (batch 1, fp32): {_fmt(summary['baseline_emissions_g_per_output'])} gCO2eq per output, "
+          f"quality {_fmt(summary['reference_quality'])}")
+    if "best_params" in summary:
+        print(f"  best feasible: {summary['best_params']} (trial {summary['best_trial']}): "
+              f"{_fmt(summary['best_emissions_g_per_output'])} gCO2eq per output, quality "
+              f"{_fmt(summary['best_quality'])}; carbon_reduction_x = {summary['carbon_reduction_x']:.2f}")
+    else:
+        print("  no feasible trial: every trial failed or lost too much quality")
+    return 0
 
 
 def _list_tasks() -> int:

@@ -1,0 +1,225 @@
+"""The search: constraint and Pareto front on known figures, the parent/trial layout in MLflow,
+trials whose process really dies, a killed worker resumed, one SQLite worker, and two workers on
+a real PostgreSQL server."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import all_runs, mlflow_server, subprocess_env
+from tracker.errors import ConfigError
+from tracker.tune import TuneConfig, feasibility, pareto_front
+
+pytestmark = pytest.mark.slow
+
+BASE = ["--task", "text-classification", "--model", "builtin-tiny", "--dataset", "builtin",
+        "--n-samples", "16", "--country", "FRA", "--warmup", "0", "--min-window-s", "0"]
+
+
+def test_feasibility_against_the_reference():
+    # higher is better: 1% drop from 0.80 allows down to 0.792
+    assert feasibility(0.80, 0.80, 0.01, True) <= 0
+    assert feasibility(0.7921, 0.80, 0.01, True) <= 0
+    assert feasibility(0.7919, 0.80, 0.01, True) > 0
+    # lower is better (WER, perplexity): up to 1% above
+    assert feasibility(20.19, 20.0, 0.01, False) <= 0
+    assert feasibility(20.21, 20.0, 0.01, False) > 0
+    # no quality: never feasible
+    assert feasibility(math.nan, 0.8, 0.01, True) == math.inf
+
+
+def test_pareto_front_keeps_the_undominated():
+    trials = [SimpleNamespace(number=i, values=v) for i, v in enumerate(
+        [(1.0, 0.70), (2.0, 0.80), (3.0, 0.79), (0.5, 0.60), (2.0, 0.75)])]
+    assert [t.number for t in pareto_front(trials, higher_is_better=True)] == [3, 0, 1]
+    assert [t.number for t in pareto_front(trials, higher_is_better=False)] == [3]
+
+
+def test_search_space_and_bad_settings():
+    from tracker.config import RunConfig
+
+    run = RunConfig.parse(task="summarization")
+    assert TuneConfig(run=run, max_batch_size=20).batch_sizes() == [1, 2, 4, 8, 16]
+    assert TuneConfig(run=run).search_precisions("cpu") == ["fp32", "fp16", "bf16", "int8"]
+    assert TuneConfig(run=run).search_precisions("cuda:0") == ["fp32", "fp16", "bf16"]
+    for bad, message in [({"max_quality_drop": 1.5}, "--max-quality-drop"),
+                         ({"storage": "optuna.db"}, "not a database URL"),
+                         ({"objective": "speed"}, "unknown objective")]:
+        with pytest.raises(ConfigError, match=message):
+            TuneConfig(run=run, **bad)
+
+
+def _trial_runs(client):
+    return [r for r in all_runs(client) if r.data.tags.get("tracker.tune.role") == "trial"]
+
+
+def _optuna_trials(storage, name=None):
+    import optuna
+
+    studies = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=name or studies[0].study_name, storage=storage)
+    return study
+
+
+def test_search_layout_parent_baseline_and_nested_trials(cli, client, hermetic):
+    storage = f"sqlite:///{hermetic}/optuna.db"
+    code, out, err = cli("tune", *BASE, "--n-trials", "4", "--max-batch-size", "4",
+                         "--precisions", "fp32,int8", "--storage", storage, "--sampler-seed", "3")
+    assert code == 0, err
+    assert "carbon_reduction_x" in out
+    runs = all_runs(client)
+    [parent] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "parent"]
+    [baseline] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]
+    assert parent.info.status == "FINISHED"
+    assert baseline.data.params["batch_size"] == "1" and baseline.data.params["precision"] == "fp32"
+    study = _optuna_trials(storage)
+    assert len(study.trials) == 4
+    measured = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
+    trial_runs = _trial_runs(client)
+    # every measured trial has exactly one MLflow run, nested under the parent, honouring the contract
+    assert sorted(r.data.tags["tracker.tune.trial"] for r in trial_runs) == sorted(str(t.number) for t in measured)
+    for run in trial_runs + [baseline]:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["tracker.tune.study"] == study.study_name
+    for run in trial_runs:
+        assert "emissions_g_per_output" in run.data.metrics and "quality" in run.data.metrics
+        assert run.data.tags["tracker.tune.state"] in ("COMPLETE", "INFEASIBLE")
+    # pruned trials repeat settings already measured
+    for t in study.trials:
+        if t.state.name == "PRUNED":
+            assert "duplicate_of" in t.user_attrs
+    metrics, tags = parent.data.metrics, parent.data.tags
+    best = min((t for t in measured if t.user_attrs["constraint"][0] <= 0), key=lambda t: t.values[0])
+    assert tags["tracker.tune.best.batch_size"] == str(best.params["batch_size"])
+    assert metrics["best_emissions_g_per_output"] == pytest.approx(best.values[0])
+    assert metrics["carbon_reduction_x"] == pytest.approx(
+        baseline.data.metrics["emissions_g_per_output"] / best.values[0])
+    assert metrics["reference_quality"] == pytest.approx(baseline.data.metrics["quality"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "trials.csv" in artifacts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/optimization_history.png", "plots/carbon_vs_quality.png",
+                     "plots/carbon_by_settings.png"}
+
+
+def test_trials_whose_process_dies_are_failed_and_the_search_goes_on(cli, client, hermetic, monkeypatch):
+    """A bf16 trial's child really dies by SIGILL, as bf16 does on CPUs that advertise AMX in a VM
+    that forbids it; the trial is FAILED with the signal's name and the search finishes."""
+    import tracker.child
+
+    real = tracker.child.run_command
+
+    def dies_on_bf16(config, tags):
+        if config.precision == "bf16":
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+        return real(config, tags)
+
+    monkeypatch.setattr(tracker.child, "run_command", dies_on_bf16)
+    storage = f"sqlite:///{hermetic}/optuna.db"
+    code, out, err = cli("tune", *BASE, "--n-trials", "3", "--max-batch-size", "2", "--precisions", "bf16",
+                         "--storage", storage)
+    assert code == 0, err
+    assert "no feasible trial" in out
+    study = _optuna_trials(storage)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    for t in study.trials:
+        assert "SIGILL" in t.user_attrs["fail_reason"]
+    failed = _trial_runs(client)
+    assert len(failed) == 3  # the process died before making its run: one FAILED run each, with why
+    assert all(r.info.status == "FAILED" and "SIGILL" in r.data.tags["tracker.error"] for r in failed)
+
+
+def _tune_process(storage, *extra, env=None):
+    return subprocess.Popen([sys.executable, "-m", "tracker", "tune", *BASE, "--storage", storage, *extra],
+                            env=env or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _wait_for_running_trial(storage, deadline_s=120):
+    import optuna
+
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        try:
+            study = _optuna_trials(storage)
+            running = [t for t in study.trials if t.state.name == "RUNNING"]
+            if running:
+                return running[0]
+        except (KeyError, IndexError, optuna.exceptions.StorageInternalError, Exception):
+            pass
+        time.sleep(0.5)
+    raise AssertionError("no trial started")
+
+
+def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
+    storage = f"sqlite:///{hermetic}/optuna.db"
+    settings = ("--n-trials", "3", "--max-batch-size", "4", "--precisions", "fp32", "--heartbeat-s", "1",
+                "--study-name", "resumable")
+    worker = _tune_process(storage, *settings)
+    killed = _wait_for_running_trial(storage)
+    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its child run, as the OOM killer would
+    worker.communicate(timeout=30)
+    time.sleep(4)  # past the grace period (3 heartbeats)
+
+    again = _tune_process(storage, *settings)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:]
+    study = _optuna_trials(storage, "resumable")
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[killed.number] == "FAIL"  # failed through the heartbeat
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retried and retried[0].params == killed.params
+    runs = all_runs(client)
+    assert len([r for r in runs if r.data.tags.get("tracker.tune.role") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]) == 1
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_a_second_worker_on_sqlite_is_refused(cli, hermetic):
+    from tracker.tune import _single_sqlite_worker
+
+    storage = f"sqlite:///{hermetic}/optuna.db"
+    with _single_sqlite_worker(storage):
+        code, _, err = cli("tune", *BASE, "--storage", storage)
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert "another tune worker" in line and "postgresql://" in line
+
+
+@pytest.mark.skipif(not os.environ.get("TRACKER_TEST_POSTGRES_URL"),
+                    reason="set TRACKER_TEST_POSTGRES_URL (.ci/run starts a PostgreSQL server)")
+def test_two_workers_share_one_study_on_postgresql(hermetic):
+    import optuna
+
+    url = os.environ["TRACKER_TEST_POSTGRES_URL"]
+    name = f"shared-{os.getpid()}-{int(time.time())}"
+    with mlflow_server(hermetic) as uri:
+        env = subprocess_env(MLFLOW_TRACKING_URI=uri)
+        settings = ("--n-trials", "6", "--max-batch-size", "8", "--precisions", "fp32,int8",
+                    "--study-name", name)
+        workers = [_tune_process(url, *settings, env=env) for _ in range(2)]
+        outputs = [w.communicate(timeout=500) for w in workers]
+        for worker, (out, err) in zip(workers, outputs):
+            assert worker.returncode == 0, err[-3000:]
+        study = optuna.load_study(study_name=name, storage=url)
+        numbers = [t.number for t in study.trials]
+        assert len(numbers) >= 6 and len(set(numbers)) == len(numbers)
+        finished = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL", "PRUNED")]
+        assert len(finished) == len(study.trials)
+        from mlflow import MlflowClient
+
+        remote = MlflowClient(tracking_uri=uri)
+        runs = [r for r in all_runs(remote) if r.data.tags.get("tracker.tune.study") == name]
+        [parent] = [r for r in runs if r.data.tags["tracker.tune.role"] == "parent"]
+        assert len([r for r in runs if r.data.tags["tracker.tune.role"] == "baseline"]) == 1
+        trial_runs = [r for r in runs if r.data.tags["tracker.tune.role"] == "trial"]
+        measured = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
+        # every measured trial recorded exactly once, all under the one parent
+        assert sorted(int(r.data.tags["tracker.tune.trial"]) for r in trial_runs) == sorted(t.number for t in measured)
+        assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent.info.run_id}

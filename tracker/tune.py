@@ -1,0 +1,475 @@
+"""Search batch size and precision for the lowest carbon per output that keeps quality (Optuna).
+
+Layout of a search, in MLflow and Optuna:
+
+- one Optuna study per search (name and storage given, or derived), one MLflow *parent* run for
+  it, in the task's experiment;
+- a *baseline* run at the paper's protocol (batch 1, fp32): its quality is the reference of the
+  constraint, its carbon per output the denominator of ``carbon_reduction_x``; measured once, by
+  the worker that creates the study, and stored on the study;
+- one nested MLflow run per trial, measured in a child process (``tracker run``), so a trial that
+  kills its process (SIGILL, a segfault, the OOM killer) is recorded FAILED with the signal's name
+  while the search goes on.
+
+A trial is feasible when its quality is at least reference x (1 - max_quality_drop) (at most
+reference x (1 + drop) for lower-is-better metrics such as WER). Infeasible trials stay in the
+study, marked, and are never reported as best. Settings already measured are not measured again
+(the trial is pruned as a duplicate, pointing at the first) unless repeats are asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import io
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tracker.child import measure_in_child, record_failed_start
+from tracker.config import RunConfig
+from tracker.errors import ConfigError, TrackerError
+
+logger = logging.getLogger(__name__)
+
+Objective = Literal["carbon", "pareto"]
+OBJECTIVE_METRIC = "emissions_g_per_output"
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+BASELINE_WAIT_S = 3600  # how long a second worker waits for the first to measure the baseline
+
+
+class TrialFailed(TrackerError):
+    """A trial's run did not finish; the reason is on the trial and its MLflow run."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneConfig:
+    run: RunConfig  # what every trial measures; batch_size and precision are the search's
+    n_trials: int = 20
+    max_batch_size: int = 64
+    precisions: tuple[str, ...] = ()  # empty: every precision that can apply to the device
+    max_quality_drop: float = 0.01
+    objective: Objective = "carbon"
+    study_name: str | None = None
+    storage: str = DEFAULT_STORAGE
+    min_window_s: float = 3.0
+    heartbeat_s: int = 30
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(f"--n-trials must be a positive whole number, got {self.n_trials}")
+        if self.max_batch_size < 1:
+            raise ConfigError(f"--max-batch-size must be a positive whole number, got {self.max_batch_size}")
+        if not 0 <= self.max_quality_drop < 1:
+            raise ConfigError(f"--max-quality-drop must be in [0, 1), got {self.max_quality_drop:g}")
+        if self.objective not in ("carbon", "pareto"):
+            raise ConfigError(f"unknown objective '{self.objective}': use carbon or pareto")
+        if not self.storage.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql")):
+            raise ConfigError(f"--storage '{self.storage}' is not a database URL: use "
+                              "sqlite:///FILE (one worker) or postgresql://USER:PASS@HOST/DB (several)")
+
+    @property
+    def name(self) -> str:
+        if self.study_name:
+            return self.study_name
+        run = self.run
+        model = (run.model or "default").rstrip("/").split("/")[-1]
+        return f"tune-{run.task}-{model}-{run.dataset or 'default'}-{run.n_samples}"
+
+    def batch_sizes(self) -> list[int]:
+        """Powers of two up to the maximum."""
+        return [2 ** i for i in range(int(math.log2(self.max_batch_size)) + 1)]
+
+    def search_precisions(self, device: str) -> list[str]:
+        from tracker.precision import PRECISIONS
+
+        if self.precisions:
+            return list(self.precisions)
+        return [p for p in PRECISIONS if not (p == "int8" and device != "cpu")]
+
+
+def feasibility(quality: float, reference: float, max_drop: float, higher_is_better: bool) -> float:
+    """Optuna's constraint value: <= 0 when the quality is good enough, > 0 by how much it is not.
+
+    A quality that could not be computed (NaN) is infeasible: it cannot be shown to keep quality.
+    """
+    if math.isnan(quality) or math.isnan(reference):
+        return math.inf
+    if higher_is_better:
+        return reference * (1 - max_drop) - quality
+    return quality - reference * (1 + max_drop)
+
+
+def tune(config: TuneConfig) -> dict[str, Any]:
+    """Run (or continue) the search; returns the summary also logged on the parent run."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from tracker.session import resolve_device
+    from tracker.tasks import get_task
+    from tracker.tracking import check_tracking_server
+
+    check_tracking_server()
+    task = get_task(config.run.task)
+    device = resolve_device(config.run.device)
+    client = MlflowClient()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with _single_sqlite_worker(config.storage):
+        with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                config.storage, heartbeat_interval=config.heartbeat_s, grace_period=3 * config.heartbeat_s,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        study, created = _create_or_load(config, storage, task.higher_is_better)
+        if created:
+            _start_search(client, config, study, task, device)
+        study = _wait_for_baseline(study)
+        parent_id = study.user_attrs["parent_run_id"]
+        client.set_terminated(parent_id, "RUNNING")
+        objective = _Objective(client, config, study, parent_id, device)
+        limit = optuna.study.MaxTrialsCallback(
+            config.n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                     optuna.trial.TrialState.PRUNED))
+        status = "FINISHED"
+        try:
+            study.optimize(objective, n_trials=config.n_trials, callbacks=[limit], catch=(TrialFailed,))
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            summary = summarize(client, study, parent_id)
+            client.set_terminated(parent_id, status)
+    return summary
+
+
+def _single_sqlite_worker(storage: str) -> contextlib.AbstractContextManager:
+    """Hold a lock on a SQLite study file: a second worker gets a clear refusal, not lock errors."""
+    if not storage.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        path = Path(storage.removeprefix("sqlite:///") + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"another tune worker is using {storage}: SQLite takes one worker; for several, "
+                    "share a PostgreSQL study: --storage postgresql://USER:PASS@HOST/DB") from None
+            yield
+
+    return locked()
+
+
+def _create_or_load(config: TuneConfig, storage: Any, higher_is_better: bool) -> tuple[Any, bool]:
+    import optuna
+
+    directions = (["minimize"] if config.objective == "carbon"
+                  else ["minimize", "maximize" if higher_is_better else "minimize"])
+    sampler = _sampler(config)
+    try:
+        study = optuna.create_study(study_name=config.name, storage=storage, sampler=sampler,
+                                    directions=directions)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
+        if len(study.directions) != len(directions):
+            raise ConfigError(f"study '{config.name}' exists with objective "
+                              f"{'pareto' if len(study.directions) == 2 else 'carbon'}; pass that "
+                              "--objective or another --study-name") from None
+        return study, False
+
+
+def _sampler(config: TuneConfig) -> Any:
+    """TPE (NSGA-II for pareto); both read the constraint each trial sets (Trial.set_constraint)."""
+    import optuna
+
+    if config.objective == "pareto":
+        return optuna.samplers.NSGAIISampler(seed=config.seed)
+    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(5, config.n_trials))
+
+
+def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device: str) -> None:
+    """The creating worker: the parent run, the search space, then the baseline on the study."""
+    from tracker.tracking import experiment_id
+
+    run = config.run
+    tags = {"tracker.tune.study": study.study_name, "tracker.tune.role": "parent",
+            "tracker.tune.storage": _safe_url(config.storage),
+            "mlflow.note.content": (f"Search of batch size x precision for the lowest {OBJECTIVE_METRIC} "
+                                    f"keeping {task.primary_metric} within {config.max_quality_drop:.1%} "
+                                    "of the fp32 reference; trials are nested below.")}
+    parent = client.create_run(experiment_id(client, run.experiment_name),
+                               run_name=f"tune · {study.study_name}", tags=tags)
+    parent_id = parent.info.run_id
+    from mlflow.entities import Param
+
+    params = {"task": run.task, "model": run.model or "default", "dataset": run.dataset or "default",
+              "n_samples": run.n_samples, "device": device, "objective": config.objective,
+              "max_quality_drop": config.max_quality_drop, "n_trials": config.n_trials,
+              "batch_sizes": ",".join(map(str, config.batch_sizes())),
+              "precisions": ",".join(config.search_precisions(device)), "study_name": study.study_name}
+    client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+    study.set_user_attr("parent_run_id", parent_id)
+    study.set_user_attr("quality_metric", task.primary_metric)
+    study.set_user_attr("higher_is_better", task.higher_is_better)
+
+    # The paper's protocol: quality reference and carbon baseline in one measurement.
+    baseline_config = dataclasses.replace(run, batch_size=1, precision="fp32", progress=False)
+    result = measure_in_child(client, baseline_config, {
+        "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
+        "mlflow.parentRunId": parent_id})
+    if result.status != "FINISHED":
+        client.set_tag(parent_id, "tracker.error", f"baseline (batch 1, fp32) failed: {result.reason}")
+        client.set_terminated(parent_id, "FAILED")
+        raise TrackerError(f"the baseline run (batch 1, fp32) failed, so there is no quality to keep: "
+                           f"{result.reason}")
+    metrics = result.run.data.metrics
+    study.set_user_attr("baseline_run_id", result.run.info.run_id)
+    study.set_user_attr("baseline_emissions_g_per_output", metrics[OBJECTIVE_METRIC])
+    study.set_user_attr("baseline_duration_s", metrics["duration_s"])
+    # Set last: other workers wait for it.
+    study.set_user_attr("reference_quality", metrics.get("quality", math.nan))
+
+
+def _wait_for_baseline(study: Any) -> Any:
+    """The study once its baseline is stored (at once for the worker that measured it)."""
+    import optuna
+
+    waited = 0.0
+    while "reference_quality" not in study.user_attrs:
+        if waited == 0:
+            logger.info("waiting for the worker that created study %s to measure the baseline",
+                        study.study_name)
+        if waited > BASELINE_WAIT_S:
+            raise TrackerError(f"study '{study.study_name}' has no baseline after {BASELINE_WAIT_S} s; "
+                               "the worker that created it may have died: start again with a new --study-name")
+        time.sleep(2)
+        waited += 2
+        study = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    return study
+
+
+class _Objective:
+    """Measures one trial's settings in a child process and scores it."""
+
+    def __init__(self, client: Any, config: TuneConfig, study: Any, parent_id: str, device: str) -> None:
+        attrs = study.user_attrs
+        self.client, self.config, self.parent_id = client, config, parent_id
+        self.reference = float(attrs["reference_quality"])
+        self.higher_is_better = bool(attrs["higher_is_better"])
+        self.batch_sizes = config.batch_sizes()
+        self.precisions = config.search_precisions(device)
+        # Short windows are noisy: repeat the query phase until the baseline would fill the window.
+        baseline_s = float(attrs.get("baseline_duration_s") or config.min_window_s)
+        self.repeats = max(config.run.repeats, math.ceil(config.min_window_s / max(baseline_s, 1e-3)))
+
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        import optuna
+
+        batch_size = trial.suggest_categorical("batch_size", self.batch_sizes)
+        precision = trial.suggest_categorical("precision", self.precisions)
+        tags = {"tracker.tune.study": trial.study.study_name, "tracker.tune.role": "trial",
+                "tracker.tune.trial": str(trial.number), "mlflow.parentRunId": self.parent_id}
+        earlier = _measured_before(trial)
+        if earlier is not None and self.config.run.repeats == 1:
+            trial.set_user_attr("duplicate_of", earlier.number)
+            trial.set_user_attr("constraint", earlier.user_attrs.get("constraint", [math.inf]))
+            raise optuna.TrialPruned(f"batch {batch_size}, {precision} already measured by trial {earlier.number}")
+        config = dataclasses.replace(self.config.run, batch_size=batch_size, precision=precision,
+                                     repeats=self.repeats, progress=False)
+        result = measure_in_child(self.client, config, tags)
+        if result.status != "FINISHED":
+            run_id = (result.run.info.run_id if result.run is not None
+                      else record_failed_start(self.client, config, tags, result.reason))
+            self.client.set_tag(run_id, "tracker.tune.state", "FAIL")
+            trial.set_user_attr("run_id", run_id)
+            trial.set_user_attr("fail_reason", result.reason)
+            trial.set_user_attr("constraint", [math.inf])
+            raise TrialFailed(f"trial {trial.number} (batch {batch_size}, {precision}): {result.reason}")
+        metrics = result.run.data.metrics
+        carbon, quality = metrics[OBJECTIVE_METRIC], metrics.get("quality", math.nan)
+        constraint = feasibility(quality, self.reference, self.config.max_quality_drop, self.higher_is_better)
+        trial.set_user_attr("run_id", result.run.info.run_id)
+        trial.set_user_attr("quality", quality)
+        trial.set_user_attr("energy_kwh_per_1k", metrics.get("energy_kwh_per_1k", math.nan))
+        trial.set_user_attr("constraint", [constraint])
+        # The sampler's view; a quality that could not be computed counts as far off.
+        trial.set_constraint("quality", constraint if math.isfinite(constraint) else 1e12)
+        self.client.set_tag(result.run.info.run_id, "tracker.tune.state",
+                            "COMPLETE" if constraint <= 0 else "INFEASIBLE")
+        if self.config.objective == "pareto":
+            return carbon, (quality if not math.isnan(quality) else -math.inf if self.higher_is_better else math.inf)
+        return carbon
+
+
+def _measured_before(trial: Any) -> Any:
+    """A finished earlier trial with the same params, if any."""
+    import optuna
+
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None
+
+
+def feasible_trials(study: Any) -> list[Any]:
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("constraint", [math.inf])[0] <= 0]
+
+
+def best_trials(study: Any) -> list[Any]:
+    """The lowest carbon per output among feasible trials; the feasible Pareto front for pareto."""
+    feasible = feasible_trials(study)
+    if not feasible:
+        return []
+    if len(study.directions) == 1:
+        return [min(feasible, key=lambda t: t.values[0])]
+    return pareto_front(feasible, higher_is_better=bool(study.user_attrs.get("higher_is_better", True)))
+
+
+def pareto_front(trials: list[Any], *, higher_is_better: bool) -> list[Any]:
+    """Trials no other trial beats on both carbon (lower) and quality."""
+    def better_or_equal(a: Any, b: Any) -> bool:
+        quality_ok = a.values[1] >= b.values[1] if higher_is_better else a.values[1] <= b.values[1]
+        return a.values[0] <= b.values[0] and quality_ok
+
+    return sorted((t for t in trials if not any(
+        better_or_equal(o, t) and o.values != t.values for o in trials)), key=lambda t: t.values[0])
+
+
+def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
+    """Best settings, baseline and carbon_reduction_x, a trials table and plots, on the parent run."""
+    from mlflow.entities import Metric
+
+    attrs = study.user_attrs
+    best = best_trials(study)
+    baseline = float(attrs.get("baseline_emissions_g_per_output", math.nan))
+    summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials),
+                               "baseline_emissions_g_per_output": baseline,
+                               "reference_quality": attrs.get("reference_quality", math.nan)}
+    now = int(time.time() * 1000)
+    metrics = {"baseline_emissions_g_per_output": baseline,
+               "reference_quality": float(attrs.get("reference_quality", math.nan)),
+               "trials_total": float(len(study.trials)),
+               "trials_feasible": float(len(feasible_trials(study)))}
+    tags = {}
+    if best:
+        top = best[0]
+        carbon = top.values[0]
+        summary.update(best_params=top.params, best_trial=top.number, best_emissions_g_per_output=carbon,
+                       best_quality=top.user_attrs.get("quality"), carbon_reduction_x=baseline / carbon,
+                       pareto=[{"trial": t.number, **t.params, "emissions_g_per_output": t.values[0],
+                                "quality": t.user_attrs.get("quality")} for t in best])
+        metrics.update(best_emissions_g_per_output=carbon, best_quality=float(top.user_attrs.get("quality", math.nan)),
+                       best_batch_size=float(top.params["batch_size"]), carbon_reduction_x=baseline / carbon)
+        tags = {"tracker.tune.best.batch_size": str(top.params["batch_size"]),
+                "tracker.tune.best.precision": top.params["precision"],
+                "tracker.tune.best.trial": str(top.number),
+                "tracker.tune.best.run_id": top.user_attrs.get("run_id", "")}
+    else:
+        tags = {"tracker.tune.best": "none: no feasible trial yet"}
+    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[_tag(k, v) for k, v in tags.items()])
+    client.log_text(parent_id, trials_table(study), "trials.csv")
+    _log_plots(client, study, parent_id)
+    return summary
+
+
+def _tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+def trials_table(study: Any) -> str:
+    import pandas as pd
+
+    rows = []
+    for t in study.trials:
+        rows.append({"trial": t.number, "state": t.state.name, **t.params,
+                     OBJECTIVE_METRIC: t.values[0] if t.values else math.nan,
+                     "quality": t.user_attrs.get("quality", math.nan),
+                     "feasible": t.user_attrs.get("constraint", [math.inf])[0] <= 0,
+                     "run_id": t.user_attrs.get("run_id", ""),
+                     "note": t.user_attrs.get("fail_reason")
+                     or (f"duplicate of trial {t.user_attrs['duplicate_of']}" if "duplicate_of" in t.user_attrs else "")})
+    out = io.StringIO()
+    pd.DataFrame(rows).to_csv(out, index=False)
+    return out.getvalue()
+
+
+def _log_plots(client: Any, study: Any, parent_id: str) -> None:
+    """Optimization history, carbon against quality with the Pareto front, carbon by settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.values]
+    if not done:
+        return
+    feasible = {t.number for t in feasible_trials(study)}
+    front = {t.number for t in pareto_front(
+        [t for t in done if "quality" in t.user_attrs and not math.isnan(t.user_attrs["quality"])],
+        higher_is_better=bool(study.user_attrs.get("higher_is_better", True)))} if len(study.directions) == 2 else set()
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    numbers = [t.number for t in done]
+    values = [t.values[0] for t in done]
+    best_so_far = [min(v for t, v in zip(done[:i + 1], values[:i + 1]) if t.number in feasible)
+                   if any(t.number in feasible for t in done[:i + 1]) else math.nan for i in range(len(done))]
+    axis.scatter(numbers, values, c=["tab:blue" if n in feasible else "tab:red" for n in numbers], s=18,
+                 label="trial (red: infeasible)")
+    axis.plot(numbers, best_so_far, color="black", label="best feasible so far")
+    axis.set(xlabel="trial", ylabel="gCO2eq per output", yscale="log", title="Optimization history")
+    axis.legend()
+    _save(client, parent_id, figure, "plots/optimization_history.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for t in done:
+        quality = t.user_attrs.get("quality", math.nan)
+        axis.scatter(t.values[0], quality, s=30 if t.number in front else 14,
+                     c="tab:green" if t.number in front else ("tab:blue" if t.number in feasible else "tab:red"))
+        axis.annotate(f"bs{t.params['batch_size']} {t.params['precision']}", (t.values[0], quality), fontsize=6)
+    reference = study.user_attrs.get("reference_quality")
+    if reference is not None and not math.isnan(reference):
+        axis.axhline(reference, color="grey", linestyle="--", label="fp32 reference quality")
+        axis.legend()
+    axis.set(xlabel="gCO2eq per output", ylabel=str(study.user_attrs.get("quality_metric", "quality")),
+             xscale="log", title="Carbon against quality (green: Pareto front, red: infeasible)")
+    _save(client, parent_id, figure, "plots/carbon_vs_quality.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for precision in sorted({t.params["precision"] for t in done}):
+        points = sorted((t.params["batch_size"], t.values[0]) for t in done if t.params["precision"] == precision)
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=precision)
+    axis.set(xlabel="batch size", ylabel="gCO2eq per output", xscale="log", yscale="log",
+             title="Carbon per output by batch size and precision")
+    axis.legend()
+    _save(client, parent_id, figure, "plots/carbon_by_settings.png")
+
+
+def _save(client: Any, run_id: str, figure: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    client.log_figure(run_id, figure, path)
+    plt.close(figure)
+
+
+def _safe_url(url: str) -> str:
+    """A storage URL without its password, for tags."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
