@@ -122,11 +122,7 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     client = MlflowClient()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with _single_sqlite_worker(config.storage):
-        with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                config.storage, heartbeat_interval=config.heartbeat_s, grace_period=3 * config.heartbeat_s,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        storage = _open_storage(config)
         study, created = _create_or_load(config, storage, task.higher_is_better)
         if created:
             _start_search(client, config, study, task, device)
@@ -168,6 +164,36 @@ def _single_sqlite_worker(storage: str) -> contextlib.AbstractContextManager:
             yield
 
     return locked()
+
+
+def _open_storage(config: TuneConfig, attempts: int = 5) -> Any:
+    """The study database, with heartbeats. Workers starting together on a new database race to
+    create Optuna's tables; the loser retries and finds them made."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    config.storage, heartbeat_interval=config.heartbeat_s,
+                    grace_period=3 * config.heartbeat_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except ImportError as err:
+            raise ConfigError(f"no database driver for {_safe_url(config.storage)}: "
+                              "pip install -e \".[postgres]\"") from err
+        except sqlalchemy.exc.OperationalError as err:
+            if "could not connect" in str(err) or "Connection refused" in str(err):
+                raise ConfigError(f"cannot reach the study database {_safe_url(config.storage)}: "
+                                  f"{str(err.orig).splitlines()[0]}") from err
+            if attempt == attempts - 1:
+                raise
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+        time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _create_or_load(config: TuneConfig, storage: Any, higher_is_better: bool) -> tuple[Any, bool]:
