@@ -157,13 +157,26 @@ def _wait_for_running_trial(storage, deadline_s=120):
     raise AssertionError("no trial started")
 
 
+def _wait_for_trial_run(client, number, deadline_s=120):
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        runs = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.trial") == str(number)]
+        if runs:
+            time.sleep(3)  # into its query phase
+            return runs[0].info.run_id
+        time.sleep(0.5)
+    raise AssertionError(f"trial {number} never made its run")
+
+
 def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
     storage = f"sqlite:///{hermetic}/optuna.db"
-    settings = ("--n-trials", "3", "--max-batch-size", "4", "--precisions", "fp32", "--heartbeat-s", "1",
-                "--study-name", "resumable")
+    # One setting (batch 1, fp32) long enough to be killed mid-measurement: 600 tiny summaries.
+    settings = ("--task", "summarization", "--n-samples", "600", "--n-trials", "3", "--max-batch-size", "1",
+                "--precisions", "fp32", "--heartbeat-s", "1", "--study-name", "resumable")
     worker = _tune_process(storage, *settings)
     killed = _wait_for_running_trial(storage)
-    os.killpg(worker.pid, signal.SIGKILL)  # the worker and its child run, as the OOM killer would
+    orphan = _wait_for_trial_run(client, killed.number)
+    os.kill(worker.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
     worker.communicate(timeout=30)
     time.sleep(4)  # past the grace period (3 heartbeats)
 
@@ -179,6 +192,8 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
     assert len([r for r in runs if r.data.tags.get("tracker.tune.role") == "parent"]) == 1
     assert len([r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]) == 1
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    # the killed worker's child got SIGTERM when its parent died: its run ended with partial energy
+    assert client.get_run(orphan).info.status in ("KILLED", "FAILED")
 
 
 def test_a_second_worker_on_sqlite_is_refused(cli, hermetic):

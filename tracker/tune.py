@@ -379,6 +379,7 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     """Best settings, baseline and carbon_reduction_x, a trials table and plots, on the parent run."""
     from mlflow.entities import Metric
 
+    _close_orphans(client, study, parent_id)
     attrs = study.user_attrs
     best = best_trials(study)
     baseline = float(attrs.get("baseline_emissions_g_per_output", math.nan))
@@ -411,6 +412,20 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     client.log_text(parent_id, trials_table(study), "trials.csv")
     _log_plots(client, study, parent_id)
     return summary
+
+
+def _close_orphans(client: Any, study: Any, parent_id: str) -> None:
+    """Runs of trials whose worker died with them (killed with its whole process group): the
+    trial was failed through the heartbeat; its run is closed FAILED, not left RUNNING."""
+    failed = {str(t.number) for t in study.trials if t.state.name == "FAIL"}
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for run in client.search_runs([experiment_id], filter_string=(
+            f"tags.`tracker.tune.study` = '{study.study_name}' and attributes.status = 'RUNNING'")):
+        if run.data.tags.get("tracker.tune.trial") in failed:
+            client.set_tag(run.info.run_id, "tracker.error", "its worker died; the trial was failed "
+                           "through Optuna's heartbeat and retried")
+            client.set_tag(run.info.run_id, "tracker.tune.state", "FAIL")
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _tag(key: str, value: str) -> Any:
