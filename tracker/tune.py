@@ -128,7 +128,7 @@ def tune(config: TuneConfig) -> dict[str, Any]:
             _start_search(client, config, study, task, device)
         study = _wait_for_baseline(study)
         parent_id = study.user_attrs["parent_run_id"]
-        client.set_terminated(parent_id, "RUNNING")
+        client.update_run(parent_id, status="RUNNING")  # again, when a study is resumed
         objective = _Objective(client, config, study, parent_id, device)
         limit = optuna.study.MaxTrialsCallback(
             config.n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -138,6 +138,10 @@ def tune(config: TuneConfig) -> dict[str, Any]:
             study.optimize(objective, n_trials=config.n_trials, callbacks=[limit], catch=(TrialFailed,))
         except KeyboardInterrupt:
             status = "KILLED"
+            raise
+        except BaseException as err:
+            status = "FAILED"
+            client.set_tag(parent_id, "tracker.error", (str(err).splitlines() or [type(err).__name__])[0][:5000])
             raise
         finally:
             summary = summarize(client, study, parent_id)
