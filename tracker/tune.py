@@ -25,6 +25,7 @@ import fcntl
 import io
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -238,9 +239,16 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
             "mlflow.note.content": (f"Search of batch size x precision for the lowest {OBJECTIVE_METRIC} "
                                     f"keeping {task.primary_metric} within {config.max_quality_drop:.1%} "
                                     "of the fp32 reference; trials are nested below.")}
+    launcher = os.environ.get("MLFLOW_RUN_ID")  # set under `mlflow run -e tune`
+    if launcher:
+        tags["tracker.launcher_run_id"] = launcher
     parent = client.create_run(experiment_id(client, run.experiment_name),
                                run_name=f"tune · {study.study_name}", tags=tags)
     parent_id = parent.info.run_id
+    if launcher:
+        client.set_tag(launcher, "mlflow.note.content", f"Launcher of `mlflow run -e tune`: the search's "
+                       f"parent run is {parent_id} in experiment {parent.info.experiment_id}.")
+        client.set_tag(launcher, "tracker.tune.parent_run_id", parent_id)
     from mlflow.entities import Param
 
     params = {"task": run.task, "model": run.model or "default", "dataset": run.dataset or "default",
