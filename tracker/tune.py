@@ -14,7 +14,8 @@ Layout of a search, in MLflow and Optuna:
 A trial is feasible when its quality is at least reference x (1 - max_quality_drop) (at most
 reference x (1 + drop) for lower-is-better metrics such as WER). Infeasible trials stay in the
 study, marked, and are never reported as best. Settings already measured are not measured again
-(the trial is pruned as a duplicate, pointing at the first) unless repeats are asked for.
+(the trial is pruned as a duplicate, pointing at the first, and does not count towards
+``n_trials``) unless repeats are asked for.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ logger = logging.getLogger(__name__)
 Objective = Literal["carbon", "pareto"]
 OBJECTIVE_METRIC = "emissions_g_per_output"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-BASELINE_WAIT_S = 3600  # how long a second worker waits for the first to measure the baseline
+BASELINE_WAIT_S = 3600
+MAX_PROPOSALS_PER_TRIAL = 10  # a bound on proposals when the sampler keeps repeating settings  # how long a second worker waits for the first to measure the baseline
 
 
 class TrialFailed(TrackerError):
@@ -131,12 +133,11 @@ def tune(config: TuneConfig) -> dict[str, Any]:
         parent_id = study.user_attrs["parent_run_id"]
         client.update_run(parent_id, status="RUNNING")  # again, when a study is resumed
         objective = _Objective(client, config, study, parent_id, device)
-        limit = optuna.study.MaxTrialsCallback(
-            config.n_trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
-                                     optuna.trial.TrialState.PRUNED))
+        space = len(objective.batch_sizes) * len(objective.precisions)
         status = "FINISHED"
         try:
-            study.optimize(objective, n_trials=config.n_trials, callbacks=[limit], catch=(TrialFailed,))
+            study.optimize(objective, n_trials=MAX_PROPOSALS_PER_TRIAL * config.n_trials,
+                           callbacks=[_StopWhenDone(config.n_trials, space)], catch=(TrialFailed,))
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -148,6 +149,24 @@ def tune(config: TuneConfig) -> dict[str, Any]:
             summary = summarize(client, study, parent_id)
             client.set_terminated(parent_id, status)
     return summary
+
+
+class _StopWhenDone:
+    """Stops every worker once the study has ``n_trials`` measured trials (finished or failed), or
+    every setting of the space has finished. Duplicates, pruned without measuring, do not count;
+    a worker also stops after MAX_PROPOSALS_PER_TRIAL x n_trials proposals of its own."""
+
+    def __init__(self, n_trials: int, space: int) -> None:
+        self.n_trials, self.space = n_trials, space
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        states = optuna.trial.TrialState
+        measured = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL))
+        finished = {tuple(sorted(t.params.items())) for t in measured if t.state == states.COMPLETE}
+        if len(measured) >= self.n_trials or len(finished) >= self.space:
+            study.stop()
 
 
 def _single_sqlite_worker(storage: str) -> contextlib.AbstractContextManager:
