@@ -33,7 +33,7 @@ MAX_PROMPT_TOKENS = 1024
 class ModelKind:
     kind: Literal["task-specific", "multi-purpose"]
     reason: str
-    predictor: Any  # the task itself, or a PromptedModel
+    predictor: Any  # what loads the model and runs a batch: the task itself, or a PromptedModel
 
 
 def decide_kind(task: Task, model: ModelChoice, requested: str) -> ModelKind:

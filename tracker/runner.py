@@ -39,7 +39,6 @@ class RunPlan:
     """Everything resolved before measuring starts."""
 
     task: Task
-    predictor: Predictor
     model: ModelChoice
     dataset: LoadedDataset
     device: str
@@ -49,6 +48,10 @@ class RunPlan:
     warmup: int
     settings: GenerationSettings
     kind: ModelKind
+
+    @property
+    def predictor(self) -> Predictor:
+        return self.kind.predictor
 
     @property
     def generative(self) -> bool:

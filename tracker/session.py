@@ -66,9 +66,9 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     settings = GenerationSettings(max_new_tokens=config.max_new_tokens, image_size=config.image_size,
                                   num_inference_steps=config.num_inference_steps,
                                   guidance_scale=config.guidance_scale)
-    plan = RunPlan(task=task, predictor=kind.predictor, model=model, dataset=dataset, device=device,
-                   precision=config.precision, batch_size=config.batch_size, repeats=config.repeats,
-                   warmup=config.warmup, settings=settings, kind=kind)
+    plan = RunPlan(task=task, model=model, dataset=dataset, device=device, precision=config.precision,
+                   batch_size=config.batch_size, repeats=config.repeats, warmup=config.warmup,
+                   settings=settings, kind=kind)
     _seed(config.seed)
 
     tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()} | (tags or {})
