@@ -1,7 +1,6 @@
 """Runs in real child processes: interrupted by real signals, against a real MLflow server,
 launched by `mlflow run`, and two at once."""
 
-import os
 import re
 import signal
 import subprocess

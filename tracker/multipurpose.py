@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from tracker.errors import ConfigError, ModelLoadError
 from tracker.models import ModelChoice
-from tracker.tasks.base import BatchOutput, GenerationSettings, LoadedModel, Task, count_generated
+from tracker.tasks.base import (BatchOutput, GenerationSettings, LoadedModel, Task, decode_generated,
+                                pad_on_the_left)
 
 Architecture = Literal["seq2seq", "causal"]
 BUILTIN_SEQ2SEQ = "builtin-tiny-seq2seq"
@@ -96,9 +97,7 @@ class PromptedModel:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         tokenizer.truncation_side = "left"
         if self.architecture == "causal":
-            tokenizer.padding_side = "left"  # generation continues from the right end
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
+            pad_on_the_left(tokenizer)
             auto_class = transformers.AutoModelForCausalLM
         else:
             auto_class = transformers.AutoModelForSeq2SeqLM
@@ -118,11 +117,10 @@ class PromptedModel:
             warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")
             output = model.generate(**encoded, max_new_tokens=settings.max_new_tokens,
                                     pad_token_id=tokenizer.pad_token_id)
-        # A causal model returns the prompt too; a seq2seq one starts with its decoder start token.
-        generated = output[:, encoded["input_ids"].shape[1]:] if self.architecture == "causal" else output[:, 1:]
-        count = count_generated(generated, model.generation_config.eos_token_id)
-        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return BatchOutput([self.task.parse_generation(t) for t in texts], generated_tokens=count)
+        prompt_length = encoded["input_ids"].shape[1] if self.architecture == "causal" else None
+        decoded = decode_generated(output, loaded, prompt_length)
+        decoded.predictions = [self.task.parse_generation(t) for t in decoded.predictions]
+        return decoded
 
 
 def build_builtin(name: str, folder: Path, texts: list[str]) -> None:

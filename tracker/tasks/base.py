@@ -233,3 +233,24 @@ def count_generated(ids: Any, eos_token_id: int | list[int] | None) -> int:
         end = next((i for i, token in enumerate(row) if token in eos), None)
         total += len(row) if end is None else end + 1
     return total
+
+
+def decode_generated(output: Any, loaded: LoadedModel, prompt_length: int | None = None) -> BatchOutput:
+    """The new part of ``generate``'s output, decoded and stripped, with its token count.
+
+    A causal model returns its prompt first (``prompt_length`` tokens); an encoder-decoder model
+    starts with its decoder start token, which was not generated.
+    """
+    generated = output[:, 1:] if prompt_length is None else output[:, prompt_length:]
+    count = count_generated(generated, loaded.model.generation_config.eos_token_id)
+    texts = loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)
+    return BatchOutput([t.strip() for t in texts], generated_tokens=count)
+
+
+def pad_on_the_left(tokenizer: Any) -> Any:
+    """A causal model continues from the right end of its input, so batches pad on the left; a
+    tokenizer without a pad token (GPT-2, ...) pads with its end-of-sequence token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

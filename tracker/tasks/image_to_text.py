@@ -11,7 +11,7 @@ from tracker.builtin import train_tokenizer
 from tracker.media import load_image, write_scenes
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                count_generated, input_dtype, texts_of)
+                                decode_generated, input_dtype, texts_of)
 
 
 @register
@@ -60,10 +60,7 @@ class ImageToText(Task):
         with torch.inference_mode():
             output = loaded.model.generate(pixel_values=pixels.to(device, input_dtype(loaded.model)),
                                            max_new_tokens=settings.max_new_tokens)
-        generated = output[:, 1:]  # the first position is the decoder start token
-        count = count_generated(generated, loaded.model.generation_config.eos_token_id)
-        captions = loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return BatchOutput([c.strip() for c in captions], generated_tokens=count)
+        return decode_generated(output, loaded)
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         return {"bleu": quality.bleu(predictions, references),

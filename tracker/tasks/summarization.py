@@ -11,7 +11,7 @@ from tracker import quality
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                count_generated, texts_of)
+                                decode_generated, texts_of)
 
 
 @register
@@ -45,11 +45,7 @@ class Summarization(Task):
             # paper's cap): generation then stops at the cap, which is what we measure.
             warnings.filterwarnings("ignore", message="Unfeasible length constraints")
             output = model.generate(**inputs, max_new_tokens=settings.max_new_tokens)
-        # The first position is the decoder start token, not a generated one.
-        generated = output[:, 1:]
-        count = count_generated(generated, model.generation_config.eos_token_id)
-        summaries = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        return BatchOutput([s.strip() for s in summaries], generated_tokens=count)
+        return decode_generated(output, loaded)
 
     def references(self, targets: list[Any], spec: DatasetSpec | None) -> list[Any]:
         return [str(t) for t in targets]

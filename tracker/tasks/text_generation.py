@@ -10,7 +10,7 @@ from typing import Any
 from tracker.builtin import train_tokenizer
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                count_generated, texts_of)
+                                decode_generated, pad_on_the_left, texts_of)
 from tracker.tasks.prose import paragraph
 
 MIN_WORDS = 16  # shorter texts (WikiText's headings and blank lines) are passed over
@@ -44,9 +44,7 @@ class TextGeneration(Task):
 
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         loaded = super().load_model(source, local_only=local_only)
-        loaded.tokenizer.padding_side = "left"  # generation continues from the right end
-        if loaded.tokenizer.pad_token is None:
-            loaded.tokenizer.pad_token = loaded.tokenizer.eos_token
+        pad_on_the_left(loaded.tokenizer)
         return loaded
 
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,
@@ -58,10 +56,7 @@ class TextGeneration(Task):
         with torch.inference_mode():
             output = loaded.model.generate(**encoded, max_new_tokens=settings.max_new_tokens,
                                            do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        generated = output[:, encoded["input_ids"].shape[1]:]
-        count = count_generated(generated, loaded.model.generation_config.eos_token_id)
-        return BatchOutput([t.strip() for t in tokenizer.batch_decode(generated, skip_special_tokens=True)],
-                           generated_tokens=count)
+        return decode_generated(output, loaded, prompt_length=encoded["input_ids"].shape[1])
 
     def score(self, predictions: list[Any], references: list[Any]) -> dict[str, float]:
         return {}  # the quality of a continuation is the model's perplexity on the real one
