@@ -19,7 +19,7 @@ from tracker.config import RunConfig, flag
 
 @dataclass
 class ChildResult:
-    run: Any | None  # the MLflow run it made, if it got that far
+    run: Any  # its MLflow run, or a FAILED one made for it when it died before making one
     status: str  # FINISHED, FAILED or KILLED
     reason: str  # why it did not finish, "" when it did
     seconds: float
@@ -37,7 +37,9 @@ def run_command(config: RunConfig, tags: dict[str, str]) -> list[str]:
 
 
 def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> ChildResult:
-    """Run the config in a child process; a run that died with its process is closed FAILED."""
+    """Run the config in a child process. Every attempt leaves one run: a run that died with its
+    process is closed FAILED, and a process that failed before making its run gets a FAILED one
+    with the requested params (``tracker.run.started=false``)."""
     attempt = uuid.uuid4().hex
     tags = tags | {"tracker.attempt": attempt}
     started = time.monotonic()
@@ -48,8 +50,9 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> Ch
         return ChildResult(run, "FINISHED", "", seconds)
     reason = (f"the run's process died from {signal.Signals(-code).name}" if code < 0
               else last_line or f"the run's process exited with code {code}")
-    if run is None:
-        return ChildResult(None, "FAILED", reason, seconds)
+    if run is None:  # e.g. the model cannot be loaded: refused before its run started
+        run_id = _record_failed_start(client, config, tags, reason)
+        return ChildResult(client.get_run(run_id), "FAILED", reason, seconds)
     if run.info.status == "RUNNING":  # the process died without closing its run
         client.set_tag(run.info.run_id, "tracker.error", reason)
         client.set_terminated(run.info.run_id, "FAILED")
@@ -58,7 +61,7 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> Ch
     return ChildResult(run, status, run.data.tags.get("tracker.error", reason), seconds)
 
 
-def record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
+def _record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
     """A FAILED run for a configuration whose process failed before it could make its run."""
     from mlflow.entities import Param
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tracker.child import measure_in_child, record_failed_start
+from tracker.child import measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import ConfigError
 
@@ -52,8 +52,9 @@ def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Read and validate a study definition (YAML); every combination is checked before any runs.
 
     The file holds ``task``, ``models`` (Hub ids, paths or built-in names; or mappings with
-    ``model``, per-model params and, optionally, the model's own ``datasets``), ``datasets`` (names the task knows, paths or Hub ids) and
-    ``params`` (any `tracker run` parameter, for every run).
+    ``model``, per-model params and, optionally, the model's own ``datasets``), ``datasets``
+    (names the task knows, paths or Hub ids) and ``params`` (any `tracker run` parameter, for
+    every run).
     """
     import yaml
 
@@ -126,13 +127,7 @@ def finished_run(client: Any, config: RunConfig) -> str | None:
 
 
 def _run_one(client: Any, definition: StudyDefinition, combination: Combination) -> Outcome:
-    tags = {"tracker.study.name": definition.name}
-    result = measure_in_child(client, combination.config, tags)
-    if result.status == "FINISHED":
-        return Outcome(combination, "FINISHED", result.run.info.run_id, seconds=result.seconds,
-                       metrics=result.run.data.metrics)
-    if result.run is None:  # it failed before the run existed (e.g. the model cannot be loaded)
-        run_id = record_failed_start(client, combination.config, tags, result.reason)
-        return Outcome(combination, "FAILED", run_id, result.reason, result.seconds)
+    result = measure_in_child(client, combination.config, {"tracker.study.name": definition.name})
+    metrics = result.run.data.metrics if result.status == "FINISHED" else {}
     return Outcome(combination, result.status, result.run.info.run_id, result.reason,  # type: ignore[arg-type]
-                   result.seconds)
+                   result.seconds, metrics)

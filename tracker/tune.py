@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tracker.child import measure_in_child, record_failed_start
+from tracker.child import measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import ConfigError, TrackerError
 
@@ -346,8 +346,7 @@ class _Objective:
                                      repeats=self.repeats, progress=False)
         result = measure_in_child(self.client, config, tags)
         if result.status != "FINISHED":
-            run_id = (result.run.info.run_id if result.run is not None
-                      else record_failed_start(self.client, config, tags, result.reason))
+            run_id = result.run.info.run_id
             self.client.set_tag(run_id, "tracker.tune.state", "FAIL")
             trial.set_user_attr("run_id", run_id)
             trial.set_user_attr("fail_reason", result.reason)
