@@ -16,7 +16,10 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from tracker.tasks.base import Task
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +27,6 @@ BUILTIN_MODEL = "builtin-tiny"
 BUILTIN_DATASET = "builtin"
 # Bump when a generator or a tiny model's recipe changes, so stale caches are not reused.
 BUILTIN_VERSION = 1
-SAMPLE_ROWS = 2000
 
 
 def cache_dir() -> Path:
@@ -58,17 +60,16 @@ def build_once(kind: str, name: str, build: Callable[[Path], None]) -> Path:
     return final
 
 
-def builtin_dataset_file(task_name: str, make_rows: Callable[[int, random.Random, Path], list[dict]],
-                         count: int = SAMPLE_ROWS) -> Path:
+def builtin_dataset_file(task: Task) -> Path:
     """The JSON-lines sample dataset of a task, written on first use (media files beside it)."""
 
     def write(folder: Path) -> None:
-        rows = make_rows(count, random.Random(f"{task_name}-{BUILTIN_VERSION}"), folder)
+        rows = task.sample_rows(task.sample_size, random.Random(f"{task.name}-{BUILTIN_VERSION}"), folder)
         with open(folder / "data.jsonl", "w", encoding="utf-8") as out:
             for row in rows:
                 out.write(json.dumps(row) + "\n")
 
-    return build_once("datasets", task_name, write) / "data.jsonl"
+    return build_once("datasets", task.name, write) / "data.jsonl"
 
 
 def read_rows(path: Path) -> list[dict]:

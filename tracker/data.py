@@ -78,7 +78,7 @@ def load_dataset(task: Task, requested: str | None, n_samples: int, *, hub_reach
 def _builtin(task: Task, n_samples: int, *, fallback_reason: str | None = None) -> LoadedDataset:
     if fallback_reason:
         logger.warning("%s; using the built-in sample dataset (quality is meaningless)", fallback_reason)
-    path = builtin_dataset_file(task.name, task.sample_rows, task.sample_size)
+    path = builtin_dataset_file(task)
     loaded = _from_file(task, BUILTIN_DATASET, path, "builtin", n_samples, Columns())
     loaded.fallback_reason = fallback_reason
     return loaded

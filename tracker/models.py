@@ -79,7 +79,7 @@ def hub_unavailable_reason(repo_id: str, hub_reachable: bool) -> str | None:
 def builtin_model(task: Task, *, fallback_reason: str | None = None) -> ModelChoice:
     def build(folder: Path) -> None:
         # The tokenizer learns the words of the task's own sample data.
-        rows = read_rows(builtin_dataset_file(task.name, task.sample_rows, task.sample_size))
+        rows = read_rows(builtin_dataset_file(task))
         task.build_tiny_model(folder, rows)
 
     if fallback_reason:
@@ -98,7 +98,7 @@ def builtin_multipurpose(name: str) -> ModelChoice:
         texts: list[str] = []
         for task in (get_task(n) for n in task_names()):
             if task.prompt_template is not None:
-                rows = read_rows(builtin_dataset_file(task.name, task.sample_rows, task.sample_size))
+                rows = read_rows(builtin_dataset_file(task))
                 texts += [task.prompt_template] + texts_of(rows)
         build_builtin(name, folder, texts)
 
