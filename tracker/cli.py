@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="measure one model on one task and log it to MLflow")
-    for name, help_text in RUN_FLAGS.items():
-        run.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text,
-                         required=name == "task")
+    _add_flags(run, RUN_FLAGS)
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     run.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
                      help="add a tag to the run (repeatable)")
@@ -75,12 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--dry-run", action="store_true", help="list the runs without running them")
 
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
-    for name, help_text in RUN_FLAGS.items():
-        if name not in ("batch_size", "precision"):
-            tune.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text, required=name == "task")
-    for name, help_text in TUNE_FLAGS.items():
-        tune.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    _add_flags(tune, {k: v for k, v in RUN_FLAGS.items() if k not in ("batch_size", "precision")})
+    _add_flags(tune, TUNE_FLAGS)
     return parser
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
+    for name, help_text in flags.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text, required=name == "task")
 
 
 def main(argv: list[str] | None = None) -> int:
