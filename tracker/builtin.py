@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_MODEL = "builtin-tiny"
 BUILTIN_DATASET = "builtin"
 # Bump when a generator or a tiny model's recipe changes, so stale caches are not reused.
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2
 
 
 def cache_dir() -> Path:
