@@ -14,7 +14,8 @@ import pytest
 
 from conftest import all_runs, mlflow_server, subprocess_env
 from tracker.errors import ConfigError
-from tracker.tune import TuneConfig, feasibility, pareto_front
+from tracker.pareto import pareto_front
+from tracker.tune import TuneConfig, feasibility
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +38,12 @@ def test_feasibility_against_the_reference():
 def test_pareto_front_keeps_the_undominated():
     trials = [SimpleNamespace(number=i, values=v) for i, v in enumerate(
         [(1.0, 0.70), (2.0, 0.80), (3.0, 0.79), (0.5, 0.60), (2.0, 0.75)])]
-    assert [t.number for t in pareto_front(trials, higher_is_better=True)] == [3, 0, 1]
-    assert [t.number for t in pareto_front(trials, higher_is_better=False)] == [3]
+    def front(higher_is_better):
+        return [t.number for t in pareto_front(trials, cost=lambda t: t.values[0], quality=lambda t: t.values[1],
+                                               higher_is_better=higher_is_better)]
+
+    assert front(True) == [3, 0, 1]
+    assert front(False) == [3]
 
 
 def test_search_space_and_bad_settings():

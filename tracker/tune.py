@@ -37,14 +37,15 @@ from typing import Any, Literal
 from tracker.child import measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import ConfigError, TrackerError
+from tracker.pareto import pareto_front
 
 logger = logging.getLogger(__name__)
 
 Objective = Literal["carbon", "pareto"]
 OBJECTIVE_METRIC = "emissions_g_per_output"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-BASELINE_WAIT_S = 3600
-MAX_PROPOSALS_PER_TRIAL = 10  # a bound on proposals when the sampler keeps repeating settings  # how long a second worker waits for the first to measure the baseline
+BASELINE_WAIT_S = 3600  # how long a second worker waits for the first to measure the baseline
+MAX_PROPOSALS_PER_TRIAL = 10  # a bound on proposals when the sampler keeps repeating settings
 
 
 class TrialFailed(TrackerError):
@@ -392,17 +393,13 @@ def best_trials(study: Any) -> list[Any]:
         return []
     if len(study.directions) == 1:
         return [min(feasible, key=lambda t: t.values[0])]
-    return pareto_front(feasible, higher_is_better=bool(study.user_attrs.get("higher_is_better", True)))
+    return _front(feasible, study)
 
 
-def pareto_front(trials: list[Any], *, higher_is_better: bool) -> list[Any]:
-    """Trials no other trial beats on both carbon (lower) and quality."""
-    def better_or_equal(a: Any, b: Any) -> bool:
-        quality_ok = a.values[1] >= b.values[1] if higher_is_better else a.values[1] <= b.values[1]
-        return a.values[0] <= b.values[0] and quality_ok
-
-    return sorted((t for t in trials if not any(
-        better_or_equal(o, t) and o.values != t.values for o in trials)), key=lambda t: t.values[0])
+def _front(trials: list[Any], study: Any) -> list[Any]:
+    """Trials no other trial beats on both carbon and quality (the pareto objective's two values)."""
+    return pareto_front(trials, cost=lambda t: t.values[0], quality=lambda t: t.values[1],
+                        higher_is_better=bool(study.user_attrs.get("higher_is_better", True)))
 
 
 def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
@@ -492,9 +489,9 @@ def _log_plots(client: Any, study: Any, parent_id: str) -> None:
     if not done:
         return
     feasible = {t.number for t in feasible_trials(study)}
-    front = {t.number for t in pareto_front(
+    front = {t.number for t in _front(
         [t for t in done if "quality" in t.user_attrs and not math.isnan(t.user_attrs["quality"])],
-        higher_is_better=bool(study.user_attrs.get("higher_is_better", True)))} if len(study.directions) == 2 else set()
+        study)} if len(study.directions) == 2 else set()
 
     figure, axis = plt.subplots(figsize=(6, 4))
     numbers = [t.number for t in done]
