@@ -10,7 +10,7 @@ from conftest import all_runs
 
 ENERGY_METRICS = ["energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "emissions_kg",
                   "energy_kwh_per_1k", "emissions_g_per_output", "duration_s", "throughput_per_s",
-                  "load_energy_kwh", "load_duration_s"]
+                  "load_energy_kwh", "load_duration_s", "model_parameters"]
 PARAMS = ["task", "model", "dataset", "n_samples", "batch_size", "precision", "device", "repeats",
           "warmup", "country_iso_code", "seed"]
 TAGS = ["tracker.energy.cpu.method", "tracker.energy.ram.method", "tracker.energy.gpu.method",
@@ -77,11 +77,14 @@ def test_full_run_honours_the_contract(cli, client, task, quality_metrics, gener
 
 
 def test_int8_run(cli, client):
-    code, _, err = cli("run", "--task", "text-classification", "--n-samples", "16", "--batch-size", "4",
-                       "--precision", "int8", "--country", "DEU", "--no-progress")
-    assert code == 0, err
-    [run] = all_runs(client)
-    assert run.info.status == "FINISHED" and run.data.params["precision"] == "int8"
+    for precision in ("int8", "fp32"):
+        code, _, err = cli("run", "--task", "text-classification", "--n-samples", "16", "--batch-size", "4",
+                           "--precision", precision, "--country", "DEU", "--no-progress")
+        assert code == 0, err
+    runs = {r.data.params["precision"]: r for r in all_runs(client)}
+    assert runs["int8"].info.status == "FINISHED"
+    # the model's size as loaded: quantization packs weights out of parameters(), so it is counted first
+    assert runs["int8"].data.metrics["model_parameters"] == runs["fp32"].data.metrics["model_parameters"] > 0
 
 
 def test_carbon_intensity_override(cli, client):

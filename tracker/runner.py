@@ -81,6 +81,7 @@ class RunOutcome:
     quality: dict[str, float] = field(default_factory=dict)
     quality_unavailable: str | None = None  # why quality could not be computed
     resolved_settings: dict[str, Any] = field(default_factory=dict)  # known once the model is loaded
+    model_parameters: int | None = None  # as loaded, before any conversion
 
     @property
     def complete_queries(self) -> list[QueryReading]:
@@ -96,6 +97,7 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
 
     with meter.phase(LOAD_PHASE) as outcome.load:
         loaded = predictor.load_model(plan.model.location, local_only=plan.model.local_only)
+        outcome.model_parameters = count_parameters(loaded.model)
         loaded.model = convert(loaded.model, plan.precision, plan.device)
     outcome.resolved_settings = task.resolved_settings(loaded, plan.settings)
     inputs_device = "cpu" if plan.precision == "int8" else plan.device
@@ -124,3 +126,15 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
         loaded, inputs, outcome.predictions, outcome.references, plan.settings, inputs_device)
     outcome.quality.update(extra)
     outcome.quality["quality"] = outcome.quality.get(task.primary_metric, math.nan)
+
+
+def count_parameters(model: Any) -> int | None:
+    """Parameters of a torch module, or of every module of a pipeline (diffusers); None if neither.
+
+    Counted before conversion: int8 dynamic quantization packs weights out of ``parameters()``.
+    """
+    modules = [model] if hasattr(model, "parameters") else [
+        c for c in getattr(model, "components", {}).values() if hasattr(c, "parameters")]
+    if not modules:
+        return None
+    return sum(p.numel() for module in modules for p in module.parameters())

@@ -51,5 +51,7 @@ def run_metrics(outcome: RunOutcome, *, generative: bool) -> dict[str, float]:
             if len(values) > 1:
                 metrics[f"{name}_std"] = statistics.stdev(values)
         metrics["inferences_measured"] = float(outcome.complete_queries[-1].inferences)
+    if outcome.model_parameters:
+        metrics["model_parameters"] = float(outcome.model_parameters)
     metrics.update(outcome.quality)
     return metrics
