@@ -1,4 +1,4 @@
-"""The ``tracker`` command: ``run`` (one measured run), ``study`` (a definition's runs), ``tasks``.
+"""The ``tracker`` command: run, study, tune, import-codecarbon, report, tasks.
 
 Flags mirror the MLproject ``main`` entry point's parameters in kebab case. User mistakes print
 one line and exit 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
     _add_flags(tune, {k: v for k, v in RUN_FLAGS.items() if k not in ("batch_size", "precision")})
     _add_flags(tune, TUNE_FLAGS)
+
+    records = commands.add_parser("import-codecarbon", help="turn CodeCarbon records (emissions.csv) into runs")
+    records.add_argument("files", nargs="+", help="emissions.csv files, one complete record (run) per row")
+    records.add_argument("--task", required=True, help=RUN_FLAGS["task"])
+    records.add_argument("--dataset", required=True, help="the dataset the records measured, e.g. imdb")
+    records.add_argument("--n-samples", required=True, help="inferences each record covers, e.g. 1000")
+    records.add_argument("--phases", nargs="+", default=[], metavar="PATH",
+                         help="files or folders of the same runs split by phase (task_name: load/query model)")
+    records.add_argument("--experiment", help=RUN_FLAGS["experiment"])
+    records.add_argument("--model-kind", help="task-specific or multi-purpose, when known (default: unrecorded)")
     return parser
 
 
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             return _study(args)
         if args.command == "tune":
             return _tune(vars(args))
+        if args.command == "import-codecarbon":
+            return _import(args)
         return _run(vars(args))
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
@@ -200,6 +212,24 @@ def _tune(args: dict) -> int:
               f"{_fmt(summary['best_quality'])}; carbon_reduction_x = {summary['carbon_reduction_x']:.2f}")
     else:
         print("  no feasible trial: every trial failed or lost too much quality")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tracker.config import _integer
+    from tracker.import_codecarbon import ImportConfig, import_records
+
+    config = ImportConfig(files=tuple(map(Path, args.files)), task=args.task, dataset=args.dataset,
+                          n_samples=_integer("n_samples", args.n_samples, 1),
+                          phases=tuple(map(Path, args.phases)), experiment=args.experiment,
+                          model_kind=args.model_kind)
+    summary = import_records(config)
+    phased = len(summary.imported) - summary.without_phases
+    print(f"imported {len(summary.imported)} records as runs in experiment '{summary.experiment}' "
+          f"({phased} with load and query phases, {summary.without_phases} whole-record only); "
+          f"{summary.already_imported} already imported")
     return 0
 
 

@@ -76,12 +76,17 @@ class RunRecorder:
 
 
 @contextmanager
-def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str]) -> Iterator[RunRecorder]:
-    """A RUNNING run that ends FINISHED, FAILED (reason tagged) or KILLED (signal tagged)."""
+def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
+                 times_ms: tuple[int, int] | None = None) -> Iterator[RunRecorder]:
+    """A RUNNING run that ends FINISHED, FAILED (reason tagged) or KILLED (signal tagged).
+
+    ``times_ms`` (start, end) dates a run that records a measurement taken earlier (an import).
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    run_id = _start_run(client, experiment_id(client, experiment), run_name, tags)
+    start_ms, end_ms = times_ms or (None, None)
+    run_id = _start_run(client, experiment_id(client, experiment), run_name, tags, start_ms)
     recorder = RunRecorder(client, run_id)
     try:
         yield recorder
@@ -94,7 +99,7 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str]) -> Ite
                                         "tracker.error_type": type(err).__name__})
         raise
     else:
-        _end(client, run_id, "FINISHED", {})
+        _end(client, run_id, "FINISHED", {}, end_ms)
 
 
 def experiment_id(client: Any, name: str) -> str:
@@ -111,7 +116,8 @@ def experiment_id(client: Any, name: str) -> str:
     return experiment.experiment_id
 
 
-def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str]) -> str:
+def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str],
+               start_ms: int | None = None) -> str:
     launcher_id = os.environ.get("MLFLOW_RUN_ID")
     launcher = client.get_run(launcher_id) if launcher_id else None
     run_tags = dict(tags)
@@ -120,7 +126,7 @@ def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str]) ->
         run_tags["tracker.launcher_run_id"] = launcher_id
         if launcher.info.experiment_id == exp_id and "mlflow.parentRunId" not in tags:
             run_tags["mlflow.parentRunId"] = launcher_id  # shown nested under the launcher
-    run = client.create_run(exp_id, run_name=run_name, tags=run_tags)
+    run = client.create_run(exp_id, run_name=run_name, tags=run_tags, start_time=start_ms)
     # A study or a search describes its launcher itself; its runs carry tracker.attempt.
     if launcher is not None and "tracker.attempt" not in tags:
         client.set_tag(launcher_id, "tracker.measured_run_id", run.info.run_id)
@@ -131,9 +137,9 @@ def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str]) ->
     return run.info.run_id
 
 
-def _end(client: Any, run_id: str, status: str, tags: dict[str, str]) -> None:
+def _end(client: Any, run_id: str, status: str, tags: dict[str, str], end_ms: int | None = None) -> None:
     try:
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
     finally:
-        client.set_terminated(run_id, status)
+        client.set_terminated(run_id, status, end_time=end_ms)
