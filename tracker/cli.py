@@ -85,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="files or folders of the same runs split by phase (task_name: load/query model)")
     records.add_argument("--experiment", help=RUN_FLAGS["experiment"])
     records.add_argument("--model-kind", help="task-specific or multi-purpose, when known (default: unrecorded)")
+
+    report = commands.add_parser("report", help="tables, figures, star ratings and regional what-ifs from the runs")
+    report.add_argument("--output", default="report", help="folder to write into (default: report)")
+    report.add_argument("--experiments", default="",
+                        help="comma-separated MLflow experiments to read (default: every task's)")
+    report.add_argument("--countries", default="",
+                        help="comma-separated ISO 3166 alpha-3 codes for the regional what-if "
+                             "(default: FRA,USA,DEU,CHN,IND)")
+    report.add_argument("--include-tuning", nargs="?", const="true", default="false",
+                        help="also compare the runs of `tracker tune` searches (default: false)")
+    report.add_argument("--report-experiment", default="report", help="experiment of the report run (default: report)")
+    report.add_argument("--no-tag-runs", dest="tag_runs", action="store_false",
+                        help="do not tag the compared runs with their stars")
     return parser
 
 
@@ -106,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return _tune(vars(args))
         if args.command == "import-codecarbon":
             return _import(args)
+        if args.command == "report":
+            return _report(args)
         return _run(vars(args))
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
@@ -148,9 +163,7 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
 def _study(args: argparse.Namespace) -> int:
     from tracker.study import load_definition, run_study
 
-    force = str(args.force).strip().lower()
-    if force not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"--force takes true or false, got '{args.force}'")
+    force = _flag("--force", args.force)
     overrides = {"n_samples": args.n_samples} if args.n_samples not in (None, "") else {}
     definition = load_definition(args.definition, overrides)
     if args.dry_run:
@@ -161,7 +174,7 @@ def _study(args: argparse.Namespace) -> int:
     from tracker.tracking import check_tracking_server
 
     check_tracking_server()
-    outcomes = run_study(definition, force=force in ("true", "1", "yes"))
+    outcomes = run_study(definition, force=force)
     print(f"study {definition.name}: {len(outcomes)} combinations")
     for o in outcomes:
         energy = _fmt(o.metrics.get("energy_kwh_per_1k")) if o.metrics else "-"
@@ -231,6 +244,34 @@ def _import(args: argparse.Namespace) -> int:
           f"({phased} with load and query phases, {summary.without_phases} whole-record only); "
           f"{summary.already_imported} already imported")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tracker.report import DEFAULT_COUNTRIES, ReportConfig, build_report
+
+    def listed(text: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in text.split(",") if v.strip())
+
+    config = ReportConfig(output=Path(args.output), experiments=listed(args.experiments),
+                          countries=listed(args.countries) or DEFAULT_COUNTRIES,
+                          include_tuning=_flag("--include-tuning", args.include_tuning),
+                          report_experiment=args.report_experiment, tag_runs=args.tag_runs)
+    result = build_report(config)
+    print(f"report run {result.run_id}: {len(result.models)} model rows, {len(result.tasks)} task(s); "
+          f"written to {result.output}/ (report.html, report.md, models.csv, tasks.csv, regional.csv, figures)")
+    for task in result.tasks.itertuples():
+        print(f"  {task.task:<30} {task.models:>3} models {task.runs:>4} runs  kWh per 1,000: mean "
+              f"{_fmt(task.kwh_per_1k_mean)} (models {_fmt(task.kwh_per_1k_min)} to {_fmt(task.kwh_per_1k_max)})")
+    return 0
+
+
+def _flag(name: str, value: str) -> bool:
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name} takes true or false, got '{value}'")
+    return text in ("true", "1", "yes")
 
 
 def _list_tasks() -> int:

@@ -264,14 +264,9 @@ def _check_unambiguous(records: list[tuple[Path, dict[str, str]]], phases: dict[
 
 
 def _imported_keys(client: Any, experiment_id: str) -> set[str]:
-    keys, token = set(), None
-    while True:
-        page = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                  max_results=1000, page_token=token)
-        keys.update(r.data.tags[KEY_TAG] for r in page if KEY_TAG in r.data.tags)
-        token = page.token
-        if not token:
-            return keys
+    from tracker.tracking import finished_runs
+
+    return {r.data.tags[KEY_TAG] for r in finished_runs(client, experiment_id) if KEY_TAG in r.data.tags}
 
 
 def _as_csv(rows: list[dict[str, str]]) -> str:

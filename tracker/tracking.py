@@ -116,6 +116,18 @@ def experiment_id(client: Any, name: str) -> str:
     return experiment.experiment_id
 
 
+def finished_runs(client: Any, experiment_id: str) -> list[Any]:
+    """Every FINISHED run of an experiment, page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def _start_run(client: Any, exp_id: str, run_name: str, tags: dict[str, str],
                start_ms: int | None = None) -> str:
     launcher_id = os.environ.get("MLFLOW_RUN_ID")

@@ -1,0 +1,165 @@
+"""``tracker report``: the paper's table and figures from MLflow runs, with ratings and regional what-ifs.
+
+Reads the FINISHED runs of the chosen experiments (collect), aggregates them per model and per
+task with star ratings and regional what-ifs (tables), draws the figures (figures), writes CSV
+files, a Markdown summary and a self-contained HTML page (pages) into one folder, logs that folder
+as the artifacts of a report run, and tags every compared run with its stars.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tracker.errors import UserError
+from tracker.report import figures, tables
+from tracker.report.pages import Section, html_page, markdown, stars
+
+logger = logging.getLogger(__name__)
+
+# Grids from low to high carbon intensity, when the user names none.
+DEFAULT_COUNTRIES = ("FRA", "USA", "DEU", "CHN", "IND")
+REPORT_EXPERIMENT = "report"
+STARS_TAG = "tracker.rating.stars"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    output: Path
+    experiments: tuple[str, ...] = ()  # empty: every task's experiment that exists
+    countries: tuple[str, ...] = DEFAULT_COUNTRIES
+    include_tuning: bool = False
+    report_experiment: str = REPORT_EXPERIMENT
+    tag_runs: bool = True
+
+
+@dataclass
+class ReportResult:
+    run_id: str
+    output: Path
+    tasks: Any  # the tasks table
+    models: Any  # the models table
+    files: list[Path]
+
+
+def build_report(config: ReportConfig) -> ReportResult:
+    from mlflow import MlflowClient
+
+    from tracker.report.collect import default_experiments, read_runs
+    from tracker.tracking import check_tracking_server, recorded_run
+
+    countries = tables.check_countries(list(config.countries))
+    check_tracking_server()
+    client = MlflowClient()
+    experiments = list(config.experiments) or default_experiments(client)
+    runs = read_runs(client, experiments, include_tuning=config.include_tuning)
+    if runs.empty:
+        where = ", ".join(f"'{e}'" for e in experiments) if experiments else "no task's experiment (none exists yet)"
+        raise UserError(f"nothing to report: no FINISHED run with an energy figure in {where}. Measure "
+                        "some (tracker run --task ...) or import CodeCarbon records (tracker "
+                        "import-codecarbon FILE --task ... --dataset ... --n-samples ...)")
+
+    models = tables.models_table(runs)
+    task_table = tables.tasks_table(runs)
+    regional = tables.regional_table(task_table, countries)
+    config.output.mkdir(parents=True, exist_ok=True)
+    files = [_csv(models, config.output / "models.csv"), _csv(task_table, config.output / "tasks.csv"),
+             _csv(regional, config.output / "regional.csv")]
+    drawn = {
+        "by_task": figures.energy_by_task(models, task_table, config.output),
+        "quality": figures.energy_vs_quality(models, runs, config.output),
+        "size": figures.energy_vs_size(models, config.output),
+        "kinds": figures.multipurpose_vs_task_specific(models, config.output),
+    }
+    files += [f for f in drawn.values() if isinstance(f, Path)]
+    title = "Energy and carbon of ML inference"
+    sections = _sections(runs, models, task_table, regional, drawn, experiments)
+    (config.output / "report.md").write_text(markdown(title, sections), encoding="utf-8")
+    (config.output / "report.html").write_text(html_page(title, sections), encoding="utf-8")
+    files += [config.output / "report.md", config.output / "report.html"]
+
+    tags = {"tracker.report.experiments": ", ".join(experiments),
+            "tracker.report.include_tuning": str(config.include_tuning).lower()}
+    run_name = f"report · {len(task_table)} task(s) · {len(runs)} runs"
+    with recorded_run(experiment=config.report_experiment, run_name=run_name, tags=tags) as recorder:
+        recorder.log(params={"experiments": ", ".join(experiments), "countries": ",".join(countries),
+                             "include_tuning": config.include_tuning},
+                     metrics={"runs": len(runs), "tasks": len(task_table), "model_rows": len(models)})
+        for path in files:
+            client.log_artifact(recorder.run_id, str(path))
+    if config.tag_runs:
+        _tag_stars(client, runs, models, recorder.run_id)
+    return ReportResult(recorder.run_id, config.output, task_table, models, files)
+
+
+def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dict[str, Path | str],
+              experiments: list[str]) -> list[Section]:
+    methods = runs["energy_method"].value_counts()
+    scopes = set(runs["energy_scope"])
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    overview = Section("How these figures were obtained", [
+        f"{len(runs)} FINISHED runs of {models['model'].nunique()} models on {len(task_table)} task(s), "
+        f"read from the MLflow experiments {', '.join(f'`{e}`' for e in experiments)} on {generated}.",
+        "Energy: " + "; ".join(f"{m} ({n} runs)" for m, n in methods.items()) + ". The runs' tags "
+        "(`tracker.energy.*.method`) say more. Modelled figures (CPU: TDP x load; RAM: a rule of thumb "
+        "from its size) compare only with figures obtained the same way.",
+        "Energy per 1,000 inferences is the query phase's (model loading excluded), as in the paper."
+        + ("" if scopes <= {"query phase"} else " Except: runs imported from records without phase rows "
+           "cover loading and querying together (energy_scope)."),
+        f"A phone charge is {tables.PHONE_CHARGE_KWH} kWh. Stars rate each task's compared model rows in five "
+        "equal bands of their range of energy per 1,000 inferences, 5 the lowest (after AI Energy Score).",
+    ])
+    shown_models = models.assign(stars=models["stars"].map(stars))
+    sections = [
+        overview,
+        Section("Energy per 1,000 inferences by task", table=task_table, figure=_figure(drawn["by_task"]),
+                missing_figure=_reason(drawn["by_task"])),
+        Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
+                table=shown_models.drop(columns=["energy_method"])),
+        Section("Energy against quality", ["Green: the Pareto frontier, the models no other beats on both "
+                                           "energy and quality, per task and dataset."],
+                figure=_figure(drawn["quality"]), missing_figure=_reason(drawn["quality"])),
+        Section("Energy against model size", figure=_figure(drawn["size"]), missing_figure=_reason(drawn["size"])),
+        Section("Multi-purpose against task-specific models", figure=_figure(drawn["kinds"]),
+                missing_figure=_reason(drawn["kinds"])),
+    ]
+    if not regional.empty:
+        pivot = regional.pivot(index="task", columns="country_iso_code", values="g_co2_per_1k")
+        intensity = regional.drop_duplicates("country_iso_code").set_index("country_iso_code")
+        pivot.columns = [f"{c} ({intensity.loc[c, 'carbon_intensity_g_per_kwh']:.0f} g/kWh)" for c in pivot.columns]
+        pivot = pivot.reindex(task_table["task"]).reset_index()
+        years = sorted({str(y) for y in intensity["year"]})
+        sections.append(Section("Regional what-if: gCO2eq per 1,000 inferences", [
+            "The same mean energy per task under each country's grid: CodeCarbon's yearly average carbon "
+            f"intensity ({', '.join(years)} data). The runs' own emissions used their own grid "
+            "(g_co2_per_1k_mean above)."], table=pivot))
+    return sections
+
+
+def _tag_stars(client: Any, runs: Any, models: Any, report_run_id: str) -> None:
+    """Every compared run gets its model row's stars and how they were given."""
+    from mlflow.entities import RunTag
+
+    rated = runs.merge(models[tables.MODEL_KEY + ["stars"]], on=tables.MODEL_KEY, how="left")
+    basis = {task: tables.rating_basis(models, task) for task in models["task"].unique()}
+    for row in rated.itertuples():
+        value = "unrated" if row.stars is None or str(row.stars) == "<NA>" else str(int(row.stars))
+        client.log_batch(row.run_id, tags=[RunTag(STARS_TAG, value),
+                                           RunTag("tracker.rating.basis", basis[row.task]),
+                                           RunTag("tracker.rating.report_run_id", report_run_id)])
+
+
+def _csv(table: Any, path: Path) -> Path:
+    table.to_csv(path, index=False)
+    return path
+
+
+def _figure(drawn: Path | str) -> Path | None:
+    return drawn if isinstance(drawn, Path) else None
+
+
+def _reason(drawn: Path | str) -> str:
+    return drawn if isinstance(drawn, str) else ""

@@ -1,0 +1,86 @@
+"""The runs a report compares, read from MLflow into one table: a row per FINISHED run with energy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tracker.errors import ConfigError
+from tracker.tracking import finished_runs
+
+NOT_RECORDED = ""  # a setting the run does not record (imported records have no batch size)
+
+RUN_COLUMNS = ["run_id", "experiment", "task", "model", "dataset", "batch_size", "precision", "kind",
+               "kwh_per_1k", "g_co2_per_1k", "quality", "quality_metric", "higher_is_better",
+               "quality_meaningful", "parameters", "energy_scope", "source", "energy_method"]
+
+
+def default_experiments(client: Any) -> list[str]:
+    """Every task's experiment that exists."""
+    from tracker.tasks import task_names
+
+    return [name for name in task_names() if _live(client.get_experiment_by_name(name))]
+
+
+def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> Any:
+    """A DataFrame with RUN_COLUMNS: the FINISHED runs of ``experiments`` that have an energy figure.
+
+    Runs of a search (``tracker tune``) explore one model's settings and are left out unless
+    ``include_tuning``: the report compares models, as the paper does.
+    """
+    import pandas as pd
+
+    rows = []
+    for name in experiments:
+        experiment = client.get_experiment_by_name(name)
+        if not _live(experiment):
+            from tracker.tasks import did_you_mean
+
+            known = [e.name for e in client.search_experiments()]
+            raise ConfigError(f"experiment '{name}' does not exist.{did_you_mean(name, known)} "
+                              f"Existing: {', '.join(sorted(known)) or 'none'}")
+        for run in finished_runs(client, experiment.experiment_id):
+            if "tracker.tune.study" in run.data.tags and not include_tuning:
+                continue
+            row = _row(run, name)
+            if row is not None:
+                rows.append(row)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _row(run: Any, experiment: str) -> dict[str, Any] | None:
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    energy = metrics.get("energy_kwh_per_1k", math.nan)
+    if "task" not in params or "model" not in params or not math.isfinite(energy):
+        return None
+    imported = tags.get("tracker.imported") == "true"
+    return {
+        "run_id": run.info.run_id, "experiment": experiment, "task": params["task"], "model": params["model"],
+        "dataset": params.get("dataset", NOT_RECORDED),
+        "batch_size": params.get("batch_size", NOT_RECORDED), "precision": params.get("precision", NOT_RECORDED),
+        "kind": tags.get("tracker.model.kind", "unknown"),
+        "kwh_per_1k": energy,
+        "g_co2_per_1k": metrics.get("emissions_g_per_output", math.nan) * 1000,
+        "quality": metrics.get("quality", math.nan),
+        "quality_metric": tags.get("tracker.quality.metric", ""),
+        "higher_is_better": tags.get("tracker.quality.higher_is_better", "true") == "true",
+        "quality_meaningful": tags.get("tracker.quality.meaningful") == "true",
+        "parameters": metrics.get("model_parameters", math.nan),
+        "energy_scope": tags.get("tracker.energy.scope", "query phase"),
+        "source": "imported" if imported else "measured",
+        "energy_method": (f"imported CodeCarbon {tags.get('tracker.import.codecarbon_version', '?')} record"
+                          if imported else _method(tags)),
+    }
+
+
+def _method(tags: dict[str, str]) -> str:
+    """How the energy was obtained, in a few words: 'CPU modelled, RAM modelled, GPU absent'."""
+    parts = []
+    for component in ("cpu", "ram", "gpu"):
+        method = tags.get(f"tracker.energy.{component}.method", "unknown:")
+        parts.append(f"{component.upper()} {method.split(':')[0]}")
+    return ", ".join(parts)
+
+
+def _live(experiment: Any) -> bool:
+    return experiment is not None and experiment.lifecycle_stage == "active"
