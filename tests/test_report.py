@@ -58,6 +58,7 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
                      batch_size="64", precision="int8", tags={"tracker.tune.study": "s"})
     make_run(client, task="summarization", model="s1", dataset="xsum", kwh_per_1k=40.0)
     make_run(client, task="summarization", model="s2", dataset="xsum", kwh_per_1k=60.0)
+    alone = make_run(client, task="fill-mask", model="f1", dataset="c4", kwh_per_1k=0.5)
 
     out = tmp_path / "report"
     code, stdout, err = cli("report", "--output", str(out), "--countries", "FRA,ind")
@@ -71,11 +72,12 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert row["quality"] == pytest.approx(0.85)
     assert row["phone_charges_per_1k"] == pytest.approx(2.0 / PHONE_CHARGE_KWH)
     assert row["parameters"] == pytest.approx(66e6) and row["kind"] == "task-specific"
-    assert len(models) == 5  # m1/imdb, m1/sst2, m2/imdb, s1, s2: no failed run, no trial
+    assert len(models) == 6  # m1/imdb, m1/sst2, m2/imdb, s1, s2, f1: no failed run, no trial
     # stars per task over its model rows: 2, 5 and 10 kWh span 8 in bands of 1.6
     stars = {(r.model, r.dataset): r.stars for r in models.itertuples()}
     assert stars[("m1", "imdb")] == 5 and stars[("m1", "sst2")] == 4 and stars[("m2", "imdb")] == 1
     assert stars[("s1", "xsum")] == 5 and stars[("s2", "xsum")] == 1
+    assert pd.isna(stars[("f1", "c4")])  # alone in its task: nothing to rate against
 
     tasks = pd.read_csv(out / "tasks.csv").set_index("task")
     classification = tasks.loc["text-classification"]
@@ -83,7 +85,7 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert classification["kwh_per_1k_mean"] == pytest.approx((1 + 3 + 5 + 10) / 4)  # over runs
     # over models: m1's runs average (1 + 3 + 5) / 3 = 3, m2's 10
     assert (classification["kwh_per_1k_min"], classification["kwh_per_1k_max"]) == pytest.approx((3.0, 10.0))
-    assert list(tasks.index) == ["text-classification", "summarization"]  # cheapest first
+    assert list(tasks.index) == ["fill-mask", "text-classification", "summarization"]  # cheapest first
 
     regional = pd.read_csv(out / "regional.csv")
     fra = regional[(regional["task"] == "summarization") & (regional["country_iso_code"] == "FRA")].iloc[0]
@@ -107,6 +109,8 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert client.get_run(a1).data.tags["tracker.rating.stars"] == "5"
     assert client.get_run(a1).data.tags["tracker.rating.report_run_id"] == report_run.info.run_id
     assert "tracker.rating.stars" not in client.get_run(trial).data.tags
+    assert client.get_run(alone).data.tags["tracker.rating.stars"] == "unrated"
+    assert client.get_run(alone).data.tags["tracker.rating.basis"].startswith("unrated: 1 compared")
 
     code, _, err = cli("report", "--output", str(tmp_path / "with-trials"), "--include-tuning", "true",
                        "--experiments", "text-classification")

@@ -50,7 +50,8 @@ def energy_vs_quality(models: Any, runs: Any, folder: Path) -> Path | str:
         axis.plot([r.kwh_per_1k_mean for r in front], [r.quality for r in front], color="tab:green",
                   marker="o", label="Pareto frontier")
         for r in front:
-            axis.annotate(_short(r.model), (r.kwh_per_1k_mean, r.quality), fontsize=6)
+            settings = f" bs{r.batch_size} {r.precision}" if str(r.batch_size) else ""
+            axis.annotate(_short(r.model) + settings, (r.kwh_per_1k_mean, r.quality), fontsize=6)
         meaningful = bool(points["quality_meaningful"].all())
         metric = "; ".join(sorted(set(points["quality_metric"]))) or "quality"
         axis.set(xscale="log", xlabel=ENERGY_LABEL,
@@ -86,7 +87,7 @@ def multipurpose_vs_task_specific(models: Any, folder: Path) -> Path | str:
     if not both:
         return "no task has runs of both a task-specific and a multi-purpose model"
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(max(5, 2.2 * len(both)), 4.5))
+    figure, axis = plt.subplots(figsize=(max(6, 2.2 * len(both)), 4.5))
     for x, task in enumerate(both):
         for offset, kind, colour in ((-0.15, "task-specific", "tab:blue"), (0.15, "multi-purpose", "tab:orange")):
             energies = models[(models["task"] == task) & (models["kind"] == kind)].groupby("model")[
@@ -94,7 +95,9 @@ def multipurpose_vs_task_specific(models: Any, folder: Path) -> Path | str:
             axis.scatter([x + offset] * len(energies), energies, color=colour, s=20,
                          label=kind if x == 0 else None)
     axis.set_xticks(range(len(both)), both, rotation=20, ha="right")
-    axis.set(yscale="log", ylabel=ENERGY_LABEL, title="Multi-purpose (prompted) against task-specific models")
+    axis.set_xlim(-0.6, len(both) - 0.4)
+    axis.set(yscale="log", ylabel=ENERGY_LABEL)
+    axis.set_title("Multi-purpose (prompted) against task-specific models", fontsize=10)
     axis.legend(fontsize=8)
     return _save(figure, folder / "multipurpose_vs_task_specific.png")
 

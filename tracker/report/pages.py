@@ -65,7 +65,7 @@ def html_page(title: str, sections: list[Section]) -> str:
         if section.missing_figure:
             body.append(f"<p><em>No figure: {html.escape(section.missing_figure)}.</em></p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}"
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"
              "img{max-width:100%}code{background:#f3f3f3}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

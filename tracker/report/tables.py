@@ -37,7 +37,8 @@ def models_table(runs: Any) -> Any:
     table["phone_charges_per_1k"] = table["kwh_per_1k_mean"] / PHONE_CHARGE_KWH
     table["stars"] = math.nan
     for _, rows in table.groupby("task").groups.items():
-        table.loc[rows, "stars"] = star_ratings(table.loc[rows, "kwh_per_1k_mean"].tolist())
+        ratings = star_ratings(table.loc[rows, "kwh_per_1k_mean"].tolist())
+        table.loc[rows, "stars"] = [math.nan if r is None else r for r in ratings]
     table["stars"] = table["stars"].astype("Int64")  # a whole number, or empty when unrated
     task_energy = table.groupby("task")["kwh_per_1k_mean"].transform("mean")  # cheapest task first
     return table.assign(_order=task_energy).sort_values(["_order", "task", "kwh_per_1k_mean"])[
