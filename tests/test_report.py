@@ -61,7 +61,7 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     alone = make_run(client, task="fill-mask", model="f1", dataset="c4", kwh_per_1k=0.5)
 
     out = tmp_path / "report"
-    code, stdout, err = cli("report", "--output", str(out), "--countries", "FRA,ind")
+    code, stdout, err = cli("report", "--output", str(out), "--countries", "ind,FRA")
     assert code == 0, err
 
     models = pd.read_csv(out / "models.csv")
@@ -101,6 +101,8 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert "★★★★★" in page and "IND (" in page
     summary = (out / "report.md").read_text()
     assert "| text-classification | 2 | 4 | 4.75 | 3 | 10 |" in summary
+    assert summary.index("| IND (713 g/kWh) | FRA (56 g/kWh) |") > 0  # in the order the user named them
+    assert "Left out: 1 runs of a search" in summary
 
     # the report run holds it all; the compared runs carry their stars, the trial none
     [report_run] = client.search_runs([client.get_experiment_by_name("report").experiment_id])

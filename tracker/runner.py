@@ -133,8 +133,10 @@ def count_parameters(model: Any) -> int | None:
 
     Counted before conversion: int8 dynamic quantization packs weights out of ``parameters()``.
     """
-    modules = [model] if hasattr(model, "parameters") else [
-        c for c in getattr(model, "components", {}).values() if hasattr(c, "parameters")]
+    import torch
+
+    modules = [model] if isinstance(model, torch.nn.Module) else [
+        c for c in getattr(model, "components", {}).values() if isinstance(c, torch.nn.Module)]
     if not modules:
         return None
     return sum(p.numel() for module in modules for p in module.parameters())

@@ -102,7 +102,8 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     overview = Section("How these figures were obtained", [
         f"{len(runs)} FINISHED runs of {models['model'].nunique()} models on {len(task_table)} task(s), "
-        f"read from the MLflow experiments {', '.join(f'`{e}`' for e in experiments)} on {generated}.",
+        f"read from the MLflow experiments {', '.join(f'`{e}`' for e in experiments)} on {generated}."
+        + "".join(f" Left out: {n} {reason}." for reason, n in runs.attrs.get("left_out", {}).items()),
         "Energy: " + "; ".join(f"{m} ({n} runs)" for m, n in methods.items()) + ". The runs' tags "
         "(`tracker.energy.*.method`) say more. Modelled figures (CPU: TDP x load; RAM: a rule of thumb "
         "from its size) compare only with figures obtained the same way.",
@@ -127,7 +128,8 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
                 missing_figure=_reason(drawn["kinds"])),
     ]
     if not regional.empty:
-        pivot = regional.pivot(index="task", columns="country_iso_code", values="g_co2_per_1k")
+        order = list(dict.fromkeys(regional["country_iso_code"]))  # as the user listed them
+        pivot = regional.pivot(index="task", columns="country_iso_code", values="g_co2_per_1k")[order]
         intensity = regional.drop_duplicates("country_iso_code").set_index("country_iso_code")
         pivot.columns = [f"{c} ({intensity.loc[c, 'carbon_intensity_g_per_kwh']:.0f} g/kWh)" for c in pivot.columns]
         pivot = pivot.reindex(task_table["task"]).reset_index()
@@ -141,12 +143,13 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
 
 def _tag_stars(client: Any, runs: Any, models: Any, report_run_id: str) -> None:
     """Every compared run gets its model row's stars and how they were given."""
+    import pandas as pd
     from mlflow.entities import RunTag
 
     rated = runs.merge(models[tables.MODEL_KEY + ["stars"]], on=tables.MODEL_KEY, how="left")
     basis = {task: tables.rating_basis(models, task) for task in models["task"].unique()}
     for row in rated.itertuples():
-        value = "unrated" if row.stars is None or str(row.stars) == "<NA>" else str(int(row.stars))
+        value = "unrated" if pd.isna(row.stars) else str(int(row.stars))
         client.log_batch(row.run_id, tags=[RunTag(STARS_TAG, value),
                                            RunTag("tracker.rating.basis", basis[row.task]),
                                            RunTag("tracker.rating.report_run_id", report_run_id)])

@@ -25,12 +25,17 @@ def default_experiments(client: Any) -> list[str]:
 def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> Any:
     """A DataFrame with RUN_COLUMNS: the FINISHED runs of ``experiments`` that have an energy figure.
 
+    ``attrs["left_out"]`` counts the FINISHED runs left out, by reason.
+
     Runs of a search (``tracker tune``) explore one model's settings and are left out unless
     ``include_tuning``: the report compares models, as the paper does.
     """
     import pandas as pd
 
     rows = []
+    left_out = {"runs of a search (--include-tuning true compares them)": 0,
+                "runs without a task, a model or an energy figure": 0}
+    search, incomplete = left_out
     for name in experiments:
         experiment = client.get_experiment_by_name(name)
         if not _live(experiment):
@@ -41,11 +46,16 @@ def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> A
                               f"Existing: {', '.join(sorted(known)) or 'none'}")
         for run in finished_runs(client, experiment.experiment_id):
             if "tracker.tune.study" in run.data.tags and not include_tuning:
+                left_out[search] += run.data.metrics.get("energy_kwh_per_1k") is not None
                 continue
             row = _row(run, name)
-            if row is not None:
+            if row is None:
+                left_out[incomplete] += "tracker.tune.role" not in run.data.tags  # a search's parent has none
+            else:
                 rows.append(row)
-    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+    frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    frame.attrs["left_out"] = {reason: n for reason, n in left_out.items() if n}
+    return frame
 
 
 def _row(run: Any, experiment: str) -> dict[str, Any] | None:
