@@ -57,7 +57,8 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     trial = make_run(client, task="text-classification", model="m1", dataset="imdb", kwh_per_1k=0.1,
                      batch_size="64", precision="int8", tags={"tracker.tune.study": "s"})
     make_run(client, task="summarization", model="s1", dataset="xsum", kwh_per_1k=40.0)
-    make_run(client, task="summarization", model="s2", dataset="xsum", kwh_per_1k=60.0)
+    make_run(client, task="summarization", model="s2", dataset="xsum", kwh_per_1k=60.0,
+             tags={"tracker.imported": "true", "tracker.import.codecarbon_version": "2.3.1"})
     alone = make_run(client, task="fill-mask", model="f1", dataset="c4", kwh_per_1k=0.5)
 
     out = tmp_path / "report"
@@ -103,6 +104,10 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert "| text-classification | 2 | 4 | 4.75 | 3 | 10 |" in summary
     assert summary.index("| IND (713 g/kWh) | FRA (56 g/kWh) |") > 0  # in the order the user named them
     assert "Left out: 1 runs of a search" in summary
+    # a task whose runs were obtained in different ways says so
+    assert tasks.loc["summarization", "energy_method"] == (
+        "CPU modelled, RAM modelled, GPU absent; imported CodeCarbon 2.3.1 record")
+    assert "Mixed: summarization" in summary and "Mixed: text-classification" not in summary
 
     # the report run holds it all; the compared runs carry their stars, the trial none
     [report_run] = client.search_runs([client.get_experiment_by_name("report").experiment_id])

@@ -113,10 +113,15 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
         f"A phone charge is {tables.PHONE_CHARGE_KWH} kWh. Stars rate each task's compared model rows in five "
         "equal bands of their range of energy per 1,000 inferences, 5 the lowest (after AI Energy Score).",
     ])
+    for task in task_table[task_table["energy_method"].str.contains(";")].itertuples():
+        overview.paragraphs.append(
+            f"Mixed: {task.task} averages runs whose energy was obtained in different ways "
+            f"({task.energy_method}), perhaps on different hardware. Compare within one way, or report "
+            "their experiments apart (`--experiments`).")
     shown_models = models.assign(stars=models["stars"].map(stars))
     sections = [
         overview,
-        Section("Energy per 1,000 inferences by task", table=task_table, figure=_figure(drawn["by_task"]),
+        Section("Energy per 1,000 inferences by task", table=task_table.drop(columns=["energy_method"]), figure=_figure(drawn["by_task"]),
                 missing_figure=_reason(drawn["by_task"])),
         Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
                 table=shown_models.drop(columns=["energy_method"])),

@@ -16,7 +16,7 @@ MODEL_COLUMNS = MODEL_KEY + ["kind", "runs", "kwh_per_1k_mean", "kwh_per_1k_min"
                              "phone_charges_per_1k", "stars", "parameters", "energy_scope", "source",
                              "energy_method"]
 TASK_COLUMNS = ["task", "models", "runs", "kwh_per_1k_mean", "kwh_per_1k_min", "kwh_per_1k_max",
-                "g_co2_per_1k_mean", "phone_charges_per_1k", "energy_scope"]
+                "g_co2_per_1k_mean", "phone_charges_per_1k", "energy_scope", "energy_method"]
 
 
 def models_table(runs: Any) -> Any:
@@ -50,7 +50,8 @@ def tasks_table(runs: Any) -> Any:
     per_model = runs.groupby(["task", "model"])["kwh_per_1k"].mean().groupby(level="task")
     table = runs.groupby("task").agg(
         models=("model", "nunique"), runs=("run_id", "count"), kwh_per_1k_mean=("kwh_per_1k", "mean"),
-        g_co2_per_1k_mean=("g_co2_per_1k", "mean"), energy_scope=("energy_scope", _joined))
+        g_co2_per_1k_mean=("g_co2_per_1k", "mean"), energy_scope=("energy_scope", _joined),
+        energy_method=("energy_method", _joined))
     table["kwh_per_1k_min"] = per_model.min()
     table["kwh_per_1k_max"] = per_model.max()
     table["phone_charges_per_1k"] = table["kwh_per_1k_mean"] / PHONE_CHARGE_KWH
