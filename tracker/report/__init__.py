@@ -66,6 +66,8 @@ def build_report(config: ReportConfig) -> ReportResult:
     task_table = tables.tasks_table(runs)
     regional = tables.regional_table(task_table, countries)
     config.output.mkdir(parents=True, exist_ok=True)
+    for name in figures.FILES:  # a figure an earlier report drew that this one cannot must not linger
+        (config.output / name).unlink(missing_ok=True)
     files = [_csv(models, config.output / "models.csv"), _csv(task_table, config.output / "tasks.csv"),
              _csv(regional, config.output / "regional.csv")]
     drawn = {
@@ -118,19 +120,19 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
             f"Mixed: {task.task} averages runs whose energy was obtained in different ways "
             f"({task.energy_method}), perhaps on different hardware. Compare within one way, or report "
             "their experiments apart (`--experiments`).")
-    shown_models = models.assign(stars=models["stars"].map(stars))
+    by_task = _figure_section("Energy per 1,000 inferences by task", drawn["by_task"])
+    by_task.table = task_table.drop(columns=["energy_method"])  # said in the overview when mixed
+    shown_models = models.assign(stars=models["stars"].map(stars)).drop(columns=["energy_method"])
     sections = [
         overview,
-        Section("Energy per 1,000 inferences by task", table=task_table.drop(columns=["energy_method"]), figure=_figure(drawn["by_task"]),
-                missing_figure=_reason(drawn["by_task"])),
+        by_task,
         Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
-                table=shown_models.drop(columns=["energy_method"])),
-        Section("Energy against quality", ["Green: the Pareto frontier, the models no other beats on both "
-                                           "energy and quality, per task and dataset."],
-                figure=_figure(drawn["quality"]), missing_figure=_reason(drawn["quality"])),
-        Section("Energy against model size", figure=_figure(drawn["size"]), missing_figure=_reason(drawn["size"])),
-        Section("Multi-purpose against task-specific models", figure=_figure(drawn["kinds"]),
-                missing_figure=_reason(drawn["kinds"])),
+                table=shown_models),
+        _figure_section("Energy against quality", drawn["quality"], [
+            "Green: the Pareto frontier, the models no other beats on both energy and quality, per task "
+            "and dataset."]),
+        _figure_section("Energy against model size", drawn["size"]),
+        _figure_section("Multi-purpose against task-specific models", drawn["kinds"]),
     ]
     if not regional.empty:
         order = list(dict.fromkeys(regional["country_iso_code"]))  # as the user listed them
@@ -165,9 +167,7 @@ def _csv(table: Any, path: Path) -> Path:
     return path
 
 
-def _figure(drawn: Path | str) -> Path | None:
-    return drawn if isinstance(drawn, Path) else None
-
-
-def _reason(drawn: Path | str) -> str:
-    return drawn if isinstance(drawn, str) else ""
+def _figure_section(title: str, drawn: Path | str, paragraphs: list[str] | None = None) -> Section:
+    """A section with the figure drawn, or the reason it could not be."""
+    return Section(title, paragraphs or [], figure=drawn if isinstance(drawn, Path) else None,
+                   missing_figure=drawn if isinstance(drawn, str) else "")

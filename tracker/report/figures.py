@@ -9,6 +9,8 @@ from typing import Any
 from tracker.pareto import pareto_front
 
 ENERGY_LABEL = "kWh per 1,000 inferences (log)"
+BY_TASK, BY_QUALITY, BY_SIZE, BY_KIND = FILES = (
+    "energy_by_task.png", "energy_vs_quality.png", "energy_vs_size.png", "multipurpose_vs_task_specific.png")
 
 
 def energy_by_task(models: Any, tasks: Any, folder: Path) -> Path | str:
@@ -27,7 +29,7 @@ def energy_by_task(models: Any, tasks: Any, folder: Path) -> Path | str:
     axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
     axis.set(yscale="log", ylabel=ENERGY_LABEL, title="Energy per 1,000 inferences by task")
     axis.legend(fontsize=8)
-    return _save(figure, folder / "energy_by_task.png")
+    return _save(figure, folder / BY_TASK)
 
 
 def energy_vs_quality(models: Any, runs: Any, folder: Path) -> Path | str:
@@ -62,7 +64,7 @@ def energy_vs_quality(models: Any, runs: Any, folder: Path) -> Path | str:
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     figure.suptitle("Energy against quality")
-    return _save(figure, folder / "energy_vs_quality.png")
+    return _save(figure, folder / BY_QUALITY)
 
 
 def energy_vs_size(models: Any, folder: Path) -> Path | str:
@@ -77,7 +79,7 @@ def energy_vs_size(models: Any, folder: Path) -> Path | str:
     axis.set(xscale="log", yscale="log", xlabel="parameters (log)", ylabel=ENERGY_LABEL,
              title="Energy against model size")
     axis.legend(fontsize=7)
-    return _save(figure, folder / "energy_vs_size.png")
+    return _save(figure, folder / BY_SIZE)
 
 
 def multipurpose_vs_task_specific(models: Any, folder: Path) -> Path | str:
@@ -99,7 +101,7 @@ def multipurpose_vs_task_specific(models: Any, folder: Path) -> Path | str:
     axis.set(yscale="log", ylabel=ENERGY_LABEL)
     axis.set_title("Multi-purpose (prompted) against task-specific models", fontsize=10)
     axis.legend(fontsize=8)
-    return _save(figure, folder / "multipurpose_vs_task_specific.png")
+    return _save(figure, folder / BY_KIND)
 
 
 def _pyplot() -> Any:
