@@ -133,6 +133,7 @@ def test_importing_the_same_records_twice_adds_nothing(cli, client, tmp_path):
     ("missing-column", "no column gpu_energy"),
     ("not-a-number", "has no number in cpu_energy"),
     ("unknown-phase", "is neither loading nor querying"),
+    ("record-as-phase-file", "has no task_name column"),
     ("no-such-file", "does not exist"),
     ("unknown-task", "unknown task"),
 ])
@@ -148,6 +149,8 @@ def test_bad_records_are_refused_before_any_run(cli, client, tmp_path, problem, 
         write(records, [good | {"cpu_energy": "abc"}])
     elif problem == "unknown-phase":
         phases = ["--phases", str(write(tmp_path / "phases.csv", [{"task_name": "warm up", **good}]))]
+    elif problem == "record-as-phase-file":
+        phases = ["--phases", str(records)]
     elif problem == "no-such-file":
         records = tmp_path / "missing.csv"
     elif problem == "unknown-task":

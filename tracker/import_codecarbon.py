@@ -205,7 +205,10 @@ def _read(path: Path, *, phases: bool) -> list[dict[str, str]]:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise ConfigError(f"'{path}' is not a CSV file of CodeCarbon records: {err}") from err
-    missing = [c for c in RECORD_COLUMNS + (("task_name", "run_id") if phases else ()) if c not in frame.columns]
+    if phases and "task_name" not in frame.columns:
+        raise ConfigError(f"'{path}' passed with --phases has no task_name column: it holds complete "
+                          "records, which go as FILES; --phases takes CodeCarbon's per-task rows")
+    missing = [c for c in RECORD_COLUMNS + (("run_id",) if phases else ()) if c not in frame.columns]
     if missing:
         raise ConfigError(f"'{path}' is not in CodeCarbon's emissions.csv layout: no column "
                           f"{', '.join(missing)}")
