@@ -46,6 +46,13 @@ class ImportConfig:
     experiment: str | None = None
     model_kind: str | None = None  # task-specific or multi-purpose, when the user knows it
 
+    def __post_init__(self) -> None:
+        from tracker.tasks import get_task
+
+        get_task(self.task)  # an unknown task is refused with "did you mean"
+        if self.model_kind not in (None, "task-specific", "multi-purpose"):
+            raise ConfigError(f"--model-kind takes task-specific or multi-purpose, got '{self.model_kind}'")
+
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.task
@@ -63,12 +70,8 @@ def import_records(config: ImportConfig) -> ImportSummary:
     """Import every record of ``config.files``; checks everything before the first run is made."""
     from mlflow import MlflowClient
 
-    from tracker.tasks import get_task
     from tracker.tracking import check_tracking_server, experiment_id
 
-    get_task(config.task)
-    if config.model_kind not in (None, "task-specific", "multi-purpose"):
-        raise ConfigError(f"--model-kind takes task-specific or multi-purpose, got '{config.model_kind}'")
     records = [(path, row) for path in config.files for row in _read(path, phases=False)]
     phases = _phases_by_run_id(config.phases) if config.phases else {}
     _check_unambiguous(records, phases)
