@@ -205,7 +205,7 @@ def _tune(args: dict) -> int:
     if "precisions" in raw:
         from tracker.precision import PRECISIONS
 
-        chosen = tuple(p.strip() for p in raw["precisions"].split(",") if p.strip())
+        chosen = _listed(raw["precisions"])
         unknown = [p for p in chosen if p not in PRECISIONS]
         if unknown or not chosen:
             raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, "
@@ -251,11 +251,8 @@ def _report(args: argparse.Namespace) -> int:
 
     from tracker.report import DEFAULT_COUNTRIES, ReportConfig, build_report
 
-    def listed(text: str) -> tuple[str, ...]:
-        return tuple(v.strip() for v in text.split(",") if v.strip())
-
-    config = ReportConfig(output=Path(args.output), experiments=listed(args.experiments),
-                          countries=listed(args.countries) or DEFAULT_COUNTRIES,
+    config = ReportConfig(output=Path(args.output), experiments=_listed(args.experiments),
+                          countries=_listed(args.countries) or DEFAULT_COUNTRIES,
                           include_tuning=_flag("--include-tuning", args.include_tuning),
                           report_experiment=args.report_experiment, tag_runs=args.tag_runs)
     result = build_report(config)
@@ -265,6 +262,11 @@ def _report(args: argparse.Namespace) -> int:
         print(f"  {task.task:<30} {task.models:>3} models {task.runs:>4} runs  kWh per 1,000: mean "
               f"{_fmt(task.kwh_per_1k_mean)} (models {_fmt(task.kwh_per_1k_min)} to {_fmt(task.kwh_per_1k_max)})")
     return 0
+
+
+def _listed(text: str) -> tuple[str, ...]:
+    """A comma-separated flag's values, blanks dropped."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 def _flag(name: str, value: str) -> bool:

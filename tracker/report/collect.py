@@ -10,6 +10,10 @@ from tracker.tracking import finished_runs
 
 NOT_RECORDED = ""  # a setting the run does not record (imported records have no batch size)
 
+# Why a FINISHED run is not compared, as the report's pages say it.
+LEFT_OUT_SEARCH = "runs of a search (--include-tuning true compares them)"
+LEFT_OUT_INCOMPLETE = "runs without a task, a model or an energy figure"
+
 RUN_COLUMNS = ["run_id", "experiment", "task", "model", "dataset", "batch_size", "precision", "kind",
                "kwh_per_1k", "g_co2_per_1k", "quality", "quality_metric", "higher_is_better",
                "quality_meaningful", "parameters", "energy_scope", "source", "energy_method"]
@@ -33,9 +37,7 @@ def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> A
     import pandas as pd
 
     rows = []
-    left_out = {"runs of a search (--include-tuning true compares them)": 0,
-                "runs without a task, a model or an energy figure": 0}
-    search, incomplete = left_out
+    left_out = {LEFT_OUT_SEARCH: 0, LEFT_OUT_INCOMPLETE: 0}
     for name in experiments:
         experiment = client.get_experiment_by_name(name)
         if not _live(experiment):
@@ -46,11 +48,11 @@ def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> A
                               f"Existing: {', '.join(sorted(known)) or 'none'}")
         for run in finished_runs(client, experiment.experiment_id):
             if "tracker.tune.study" in run.data.tags and not include_tuning:
-                left_out[search] += run.data.metrics.get("energy_kwh_per_1k") is not None
+                left_out[LEFT_OUT_SEARCH] += run.data.metrics.get("energy_kwh_per_1k") is not None
                 continue
             row = _row(run, name)
             if row is None:
-                left_out[incomplete] += "tracker.tune.role" not in run.data.tags  # a search's parent has none
+                left_out[LEFT_OUT_INCOMPLETE] += "tracker.tune.role" not in run.data.tags  # a search's parent has none
             else:
                 rows.append(row)
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
