@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tracker.errors import ConfigError
 
 # Charging an average smartphone takes 0.012 kWh: the paper's comparison (after the US EPA's figure).
 PHONE_CHARGE_KWH = 0.012
@@ -106,15 +105,10 @@ def regional_table(tasks: Any, countries: list[str]) -> Any:
 
 
 def check_countries(countries: list[str]) -> list[str]:
-    from tracker.carbon import country_mixes
-    from tracker.tasks import did_you_mean
+    """ISO codes as CodeCarbon knows them; an unknown one is refused as `--country` refuses it."""
+    from tracker.carbon import resolve_location
 
-    codes = [c.strip().upper() for c in countries if c.strip()]
-    for code in codes:
-        if code not in country_mixes():
-            raise ConfigError(f"unknown country code '{code}' in --countries: use ISO 3166 alpha-3 codes "
-                              f"such as USA, FRA or IND.{did_you_mean(code, list(country_mixes()))}")
-    return codes
+    return [resolve_location(code).country_iso_code for code in countries if code.strip()]
 
 
 def _joined(values: Any) -> str:
