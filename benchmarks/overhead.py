@@ -63,7 +63,7 @@ def main() -> None:
     loop()  # warm-up, as in a run
 
     started = time.perf_counter()
-    meter = EnergyMeter(location=resolve_location("FRA"), gpu_ids=None)
+    meter = EnergyMeter(location=resolve_location("FRA"))
     with meter.phase("warm meter"):  # CodeCarbon detects hardware on first use
         pass
     setup_s = time.perf_counter() - started

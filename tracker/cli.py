@@ -25,6 +25,8 @@ RUN_FLAGS = {
     "precision": "fp32, fp16, bf16 or int8 (dynamic quantization, CPU) (default fp32)",
     "device": "auto, cpu, cuda, cuda:N or mps (default auto)",
     "repeats": "measured repetitions of the query phase (default 1)",
+    "min_duration_s": "measure more query windows until they cover this many seconds (default 0: repeats only)",
+    "wait_for_quiet": "before each window, wait up to this many seconds for other processes to calm down (default 0)",
     "warmup": "batches run before measuring, not counted (default 1)",
     "country": "ISO 3166 alpha-3 code of the grid (default: CodeCarbon config, else USA)",
     "carbon_intensity": "gCO2eq/kWh, overrides the country's grid mix",
@@ -147,6 +149,11 @@ def _run(args: dict) -> int:
     label = "meaningful" if meaningful else "NOT meaningful: built-in model/data"
     print(f"  quality ({label}): {_fmt(m.get('quality'))}; "
           f"CPU energy {report.tags.get('tracker.energy.cpu.method')}")
+    print(f"  attributed to this run: {_fmt(m.get('host_energy_share'))} of the machine's CPU and RAM energy "
+          f"(machine: {_fmt(m.get('machine_energy_kwh'))} kWh); "
+          + ("CONTENDED: " + report.tags["tracker.measurement.contended_reason"]
+             if report.tags.get("tracker.measurement.contended") == "true"
+             else "not contended: other processes stayed under 10% of the CPU"))
     return 0
 
 

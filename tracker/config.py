@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ class RunConfig:
     precision: str = "fp32"
     device: str = "auto"
     repeats: int = 1
+    min_duration_s: float = 0.0  # measure more query windows until they cover this long (0: repeats only)
+    wait_for_quiet: float = 0.0  # seconds to wait, before each window, for other processes to calm down
     warmup: int = 1  # batches run before measuring, not counted
     country: str | None = None
     carbon_intensity: float | None = None  # gCO2eq/kWh, overrides the country's mix
@@ -61,7 +64,7 @@ class RunConfig:
                               ("num_inference_steps", 1)):
             if name in values:
                 values[name] = _integer(name, values[name], minimum)
-        for name in ("carbon_intensity", "guidance_scale"):
+        for name in ("carbon_intensity", "guidance_scale", "min_duration_s", "wait_for_quiet"):
             if name in values:
                 values[name] = _number(name, values[name])
         config = cls(**values)
@@ -82,8 +85,12 @@ class RunConfig:
             raise ConfigError(f"unknown model kind '{self.model_kind}': use {', '.join(MODEL_KINDS)}")
         if self.guidance_scale < 0:
             raise ConfigError(f"--guidance-scale must be >= 0, got {self.guidance_scale:g}")
-        if self.carbon_intensity is not None and self.carbon_intensity < 0:
-            raise ConfigError(f"--carbon-intensity must be >= 0 gCO2eq/kWh, got {self.carbon_intensity:g}")
+        if self.carbon_intensity is not None and not 0 <= self.carbon_intensity < math.inf:
+            raise ConfigError(f"--carbon-intensity must be a finite number >= 0 gCO2eq/kWh, got {self.carbon_intensity:g}")
+        for name in ("min_duration_s", "wait_for_quiet"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise ConfigError(f"{flag(name)} must be a finite number of seconds >= 0, got {value:g}")
 
     @property
     def experiment_name(self) -> str:
@@ -98,7 +105,11 @@ class RunConfig:
         Logged as the tag ``tracker.config_key``; a study skips a combination that already has a
         FINISHED run with the same key.
         """
-        measured = {k: v for k, v in self.as_dict().items() if k not in ("progress", "experiment")}
+        # Waiting for quiet changes when a window starts, not what it measures. Settings added after
+        # keys were first logged count only when set, so earlier runs keep matching.
+        measured = {k: v for k, v in self.as_dict().items()
+                    if k not in ("progress", "experiment", "wait_for_quiet")
+                    and not (k == "min_duration_s" and v == 0)}
         return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
 
 

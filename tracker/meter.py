@@ -1,8 +1,11 @@
 """Energy measurement with CodeCarbon: one tracker per run, one CodeCarbon task per measured phase.
 
 A phase is a context manager that always closes its window, also when the body raises or the run
-is interrupted, so partial energy is never lost. Nothing is written to the working directory and
-no lock is taken: CodeCarbon's records are kept in memory and logged to MLflow as artifacts.
+is interrupted, so partial energy is never lost. At both edges of a window the GPU is synchronized
+(work queued inside the window ends inside it) and the probe reads CPU times and counters, so each
+reading holds what the meter saw (``machine``) and the part attributed to the run (``energy``,
+see ``tracker.attribution``). Nothing is written to the working directory and no lock is taken:
+CodeCarbon's records are kept in memory and logged to MLflow as artifacts.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import csv
 import dataclasses
 import io
 import logging
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tracker.attribution import CONTENDED_BACKGROUND_SHARE, Window, attribute, contention, gpu_unavailable
 from tracker.carbon import Location
 from tracker.energy import Energy
+from tracker.readings import Probe, SystemProbe, visible_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +37,46 @@ MIN_RELIABLE_WINDOW_S = 3.0
 @dataclass
 class PhaseReading:
     name: str
-    energy: Energy | None = None
+    energy: Energy | None = None  # attributed to the run: every per-output figure derives from it
+    machine: Energy | None = None  # everything the meter saw; None where only one figure exists (imports)
+    window: Window | None = None  # CPU times and counters read at the window's edges
+    contended: str | None = None  # why other work interfered, when it did
     reason: str = ""  # why the energy is NaN, when it is
     record: dict[str, Any] = field(default_factory=dict)  # CodeCarbon's row for this phase
+
+    @property
+    def seen(self) -> Energy | None:
+        """What the meter saw: the machine figure where there is one."""
+        return self.machine if self.machine is not None else self.energy
+
+
+@dataclass(frozen=True)
+class QuietWait:
+    """How the wait for a quiet machine before a window ended."""
+
+    waited_s: float
+    quiet: bool
+    background_cpu_share: float
+
+
+def default_probe(gpus: list[int | str]) -> Probe:
+    """The machine's own readings; tests replace this factory to feed fakes through real runs."""
+    return SystemProbe(gpus=gpus)
 
 
 class EnergyMeter:
     """Measures named phases of one run."""
 
-    def __init__(self, *, location: Location, gpu_ids: list[int | str] | None,
-                 tracking_mode: TrackingMode = "machine", project_name: str = "tracker") -> None:
+    def __init__(self, *, location: Location, device: str = "cpu", tracking_mode: TrackingMode = "machine",
+                 project_name: str = "tracker", probe: Probe | None = None) -> None:
         from codecarbon import OfflineEmissionsTracker
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        gpu = visible_gpu(device)
+        # CodeCarbon measures only the GPU the run uses; None (all) is moot off the GPU.
+        gpu_ids = None if gpu is None else [gpu]
+        self.device = device
+        self.probe = probe if probe is not None else default_probe([] if gpu is None else [gpu])
         self.location = location
         self.readings: list[PhaseReading] = []
         options: dict[str, Any] = {}
@@ -65,25 +98,59 @@ class EnergyMeter:
     @contextmanager
     def phase(self, name: str) -> Iterator[PhaseReading]:
         reading = PhaseReading(name)
-        started = time.perf_counter()
+        self.synchronize()
         self._tracker.start_task(name)
+        start = self.probe.snapshot()
         try:
             yield reading
         finally:
-            duration = time.perf_counter() - started
+            self.synchronize()
+            end = self.probe.snapshot()
             try:
                 # Unnamed: CodeCarbon renames a task whose name was used before (repeats).
                 data = self._tracker.stop_task()
             except Exception as err:  # a meter failure must not hide the run's own outcome
                 logger.warning("CodeCarbon failed to close phase %s: %s", name, err)
                 data = None
+            window = Window.between(start, end)
+            reading.window = window
+            reading.contended = contention(window)
             if data is None:
-                reading.energy = Energy.unavailable(duration)
+                reading.machine = reading.energy = Energy.unavailable(window.duration_s)
                 reading.reason = "CodeCarbon returned no reading for this phase (see its log)"
             else:
-                reading.energy = Energy.from_codecarbon(data)
+                machine = Energy.from_codecarbon(data)
+                if gpu_unavailable(window):  # CodeCarbon reports 0 for a counter it cannot read
+                    machine = dataclasses.replace(machine, gpu_kwh=math.nan)
+                    reading.reason = f"GPU energy missing: {window.gpu_reason}"
+                reading.machine = machine
+                reading.energy = attribute(machine, window)
                 reading.record = {"task_name": name, **dataclasses.asdict(data)}
             self.readings.append(reading)
+
+    def synchronize(self) -> None:
+        """Wait for the GPU's queued work, so that a window's edge is where the work's edge is."""
+        if not self.device.startswith("cuda"):
+            return
+        try:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        except Exception as err:  # a failing device shows in the run itself; the window still closes
+            logger.warning("could not synchronize %s at a window edge: %s", self.device, err)
+
+    def wait_for_quiet(self, timeout_s: float, interval_s: float = 0.5) -> QuietWait:
+        """Wait until other processes use less than the contended share of the CPU, or time is up."""
+        started = time.perf_counter()
+        previous = self.probe.snapshot()
+        while True:
+            time.sleep(interval_s)  # a sampling interval: CPU times move in clock ticks
+            current = self.probe.snapshot()
+            share = Window.between(previous, current).background_cpu_share
+            waited = time.perf_counter() - started
+            if share < CONTENDED_BACKGROUND_SHARE or waited >= timeout_s:
+                return QuietWait(waited, share < CONTENDED_BACKGROUND_SHARE, share)
+            previous = current
 
     def hardware(self) -> dict[str, Any]:
         return self._tracker.get_detected_hardware()
@@ -96,16 +163,13 @@ class EnergyMeter:
             cpu = device if kind in ("CPU", "AppleSiliconChip", "Raspberry") and cpu is None else cpu
             ram = device if kind == "RAM" else ram
             gpu = device if kind == "GPU" else gpu
-        ram_watts = self._last_record_value("ram_power")
         tags = {
-            "tracker.energy.cpu.method": _cpu_method(cpu, self.hardware()),
-            "tracker.energy.ram.method": (
-                "modelled: CodeCarbon's rule of thumb from installed RAM size"
-                + (f" ({ram_watts:.1f} W)" if ram_watts is not None else "")
-                if ram is not None else "unknown: CodeCarbon set up no RAM meter"),
+            "tracker.energy.cpu.method": _cpu_method(cpu, self.hardware(), self.tracking_mode),
+            "tracker.energy.ram.method": _ram_method(ram, self.tracking_mode,
+                                                     self._last_record_value("ram_power")),
             "tracker.energy.gpu.method": (
-                f"measured: NVML energy counter via CodeCarbon (GPU ids: "
-                f"{'all visible' if self.gpu_ids is None else ','.join(map(str, self.gpu_ids))})"
+                f"measured: NVML energy counter via CodeCarbon (GPU: {self.probe_gpus()}), read after "
+                "torch.cuda.synchronize at both window edges"
                 if gpu is not None else "absent: no GPU visible to this process, so 0 kWh"),
             "tracker.energy.tracking_mode": self.tracking_mode,
             "tracker.energy.meter": "codecarbon",
@@ -113,6 +177,10 @@ class EnergyMeter:
             "tracker.carbon.intensity_source": self.location.intensity_source,
         }
         return tags
+
+    def probe_gpus(self) -> str:
+        gpus = getattr(self.probe, "gpus", None)
+        return ",".join(map(str, gpus)) if gpus else "none"
 
     def records_csv(self) -> str:
         """Every phase's CodeCarbon row, in CodeCarbon's own layout with a leading task_name."""
@@ -138,18 +206,47 @@ class EnergyMeter:
         return None
 
 
-def _cpu_method(cpu: Any, hardware: dict[str, Any]) -> str:
+def _cpu_method(cpu: Any, hardware: dict[str, Any], tracking_mode: str) -> str:
+    """CodeCarbon's CPU method in words, as its code computes it (codecarbon/external/hardware.py)."""
     if cpu is None:
         return "unknown: CodeCarbon set up no CPU meter"
     mode = getattr(cpu, "_mode", None)
     tdp = getattr(cpu, "_tdp", None)
     model = hardware.get("cpu_model") or "unknown CPU"
+    # CodeCarbon falls back to 4 W per logical CPU for a model missing from its table; it keeps
+    # no flag of that on the path runs take, so it is recognised by the value.
+    import psutil
+
+    default = getattr(cpu, "_is_generic_tdp", False) or tdp == 4 * (psutil.cpu_count() or 0)
+    tdp_source = ("CodeCarbon's default of 4 W per logical CPU for a model missing from its table"
+                  if default else "from CodeCarbon's CPU table")
     if mode in ("intel_rapl", "windows_emi"):
-        return f"measured: RAPL energy counter ({model})"
+        return f"measured: RAPL energy counter ({model}); the whole package, every process"
     if mode in ("intel_power_gadget",) or type(cpu).__name__ == "AppleSiliconChip":
         return f"measured: vendor power tool ({model})"
+    if mode == "cpu_load" and tracking_mode == "process":
+        return (f"modelled: TDP x this process tree's CPU load / logical CPUs (CodeCarbon's process mode; "
+                f"TDP {tdp} W for {model}, {tdp_source}); no RAPL counter readable")
     if mode == "cpu_load":
-        return f"modelled: TDP x CPU load (TDP {tdp} W for {model}; no RAPL counter readable)"
+        return (f"modelled: TDP x (0.1 + 0.9 x L^3), L the whole machine's CPU load over each sample "
+                f"(CodeCarbon's machine mode; TDP {tdp} W for {model}, {tdp_source}); no RAPL counter "
+                "readable")
     if mode == "constant":
-        return f"modelled: constant half of TDP ({tdp} W for {model}; no RAPL counter readable)"
+        return f"modelled: constant half of TDP ({tdp} W for {model}, {tdp_source}); no RAPL counter readable"
     return f"unknown: CodeCarbon CPU mode {mode!r}"
+
+
+def _ram_method(ram: Any, tracking_mode: str, watts: float | None) -> str:
+    """CodeCarbon's RAM rule in words (codecarbon/external/ram.py): 5 W per DIMM on x86 (1.5 W on
+    ARM), the DIMM count guessed from a memory size, at least two DIMMs' worth."""
+    if ram is None:
+        return "unknown: CodeCarbon set up no RAM meter"
+    power = f" ({watts:.1f} W)" if watts is not None else ""
+    if getattr(ram, "_force_ram_power", None) is not None:
+        return f"given: a RAM power set in CodeCarbon's configuration{power}"
+    if tracking_mode == "process":
+        return ("modelled: CodeCarbon's rule of thumb (5 W per guessed DIMM) applied to this process "
+                f"tree's resident memory, with a floor of two DIMMs (10 W) however little it uses{power}; "
+                "constant over the window, so it scales with wall time")
+    return ("modelled: CodeCarbon's rule of thumb (5 W per guessed DIMM) from the installed RAM size"
+            f"{power}, whatever the load; constant over the window, so it scales with wall time")

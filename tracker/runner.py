@@ -1,19 +1,23 @@
 """The measured run loop: load (measured), warm up (not counted), query (measured, repeated), score.
 
-Everything measured is written into a ``RunOutcome`` as soon as it exists, so that a run that
-fails or is interrupted half-way still has its energy to log.
+The query phase is measured ``repeats`` times, and more while its windows cover less than
+``min_duration_s`` (optimum-benchmark's rule), each window optionally after waiting for a quiet
+machine; every batch call is timed for the latency percentiles. Everything measured is written
+into a ``RunOutcome`` as soon as it exists, so that a run that fails or is interrupted half-way
+still has its energy to log.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tracker.data import LoadedDataset
-from tracker.meter import EnergyMeter, PhaseReading
+from tracker.meter import EnergyMeter, PhaseReading, QuietWait
 from tracker.models import ModelChoice
 from tracker.multipurpose import ModelKind
 from tracker.precision import convert
@@ -48,6 +52,8 @@ class RunPlan:
     warmup: int
     settings: GenerationSettings
     kind: ModelKind
+    min_duration_s: float = 0.0  # measure more windows until they cover this long
+    wait_for_quiet_s: float = 0.0  # before each window, wait up to this long for a quiet machine
 
     @property
     def predictor(self) -> Predictor:
@@ -70,6 +76,7 @@ class QueryReading:
     reading: PhaseReading
     inferences: int = 0
     generated_tokens: int = 0
+    batch_latencies_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +89,7 @@ class RunOutcome:
     quality_unavailable: str | None = None  # why quality could not be computed
     resolved_settings: dict[str, Any] = field(default_factory=dict)  # known once the model is loaded
     model_parameters: int | None = None  # as loaded, before any conversion
+    quiet_waits: list[QuietWait] = field(default_factory=list)
 
     @property
     def complete_queries(self) -> list[QueryReading]:
@@ -105,17 +113,24 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
     for i in range(plan.warmup):  # not measured: first calls pay one-off allocation costs
         predictor.predict(loaded, batches[i % len(batches)], plan.settings, inputs_device)
 
-    for _ in range(plan.repeats):
+    measured_s = 0.0
+    while len(outcome.queries) < plan.repeats or measured_s < plan.min_duration_s:
+        if plan.wait_for_quiet_s > 0:
+            outcome.quiet_waits.append(meter.wait_for_quiet(plan.wait_for_quiet_s))
         predictions: list[Any] = []
         with meter.phase(QUERY_PHASE) as reading:
             query = QueryReading(reading)
             outcome.queries.append(query)
             for batch in batches:
+                started = time.perf_counter()
                 output = predictor.predict(loaded, batch, plan.settings, inputs_device)
+                meter.synchronize()  # a batch's latency ends when its GPU work does
+                query.batch_latencies_ms.append((time.perf_counter() - started) * 1000)
                 predictions.extend(output.predictions)
                 query.inferences += len(batch)
                 query.generated_tokens += output.generated_tokens
                 progress(len(batch))
+        measured_s += reading.energy.duration_s if reading.energy else 0.0
         if not outcome.predictions:
             outcome.predictions = predictions
 

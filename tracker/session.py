@@ -23,6 +23,8 @@ from tracker.carbon import resolve_location
 from tracker.config import RunConfig
 from tracker.data import Columns, load_dataset
 from tracker.errors import ConfigError
+from tracker.attribution import CONTENDED_BACKGROUND_SHARE, relative_difference
+from tracker.attribution import METHOD as ATTRIBUTION_METHOD
 from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.models import resolve_model
 from tracker.multipurpose import decide_kind
@@ -68,13 +70,14 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
                                   guidance_scale=config.guidance_scale)
     plan = RunPlan(task=task, model=model, dataset=dataset, device=device, precision=config.precision,
                    batch_size=config.batch_size, repeats=config.repeats, warmup=config.warmup,
-                   settings=settings, kind=kind)
+                   settings=settings, kind=kind, min_duration_s=config.min_duration_s,
+                   wait_for_quiet_s=config.wait_for_quiet)
     _seed(config.seed)
 
     tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()} | (tags or {})
     if precision_probe.env:
         tags["tracker.precision.note"] = " ".join(f"{k}={v}" for k, v in precision_probe.env.items())
-    meter = EnergyMeter(location=location, gpu_ids=_gpu_ids(device),
+    meter = EnergyMeter(location=location, device=device,
                         tracking_mode=config.tracking_mode)  # type: ignore[arg-type]
     run_name = f"{_short(model.name)} · {dataset.name} · bs{config.batch_size} · {config.precision}"
     with recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
@@ -88,7 +91,7 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
                 execute(plan, meter, outcome, progress)
         finally:
             meter.close()
-            logged = _log_outcome(recorder, plan, meter, outcome)
+            logged = _log_outcome(recorder, plan, meter, outcome, note=tags.get("mlflow.note.content", ""))
     return RunReport(recorder.run_id, config.experiment_name, *logged)
 
 
@@ -110,20 +113,6 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def _gpu_ids(device: str) -> list[int | str] | None:
-    """The GPU this run uses, as CodeCarbon names it; None (all GPUs) for runs off the GPU."""
-    import os
-
-    if not device.startswith("cuda"):
-        return None
-    index = int(device.partition(":")[2] or 0)
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if visible:
-        chosen = visible[index].strip()
-        return [int(chosen) if chosen.isdigit() else chosen]
-    return [index]
-
-
 def _seed(seed: int) -> None:
     import random
 
@@ -141,6 +130,10 @@ def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
         "precision": config.precision, "device": plan.device, "repeats": config.repeats,
         "warmup": config.warmup, "country_iso_code": country, "seed": config.seed,
     }
+    if config.min_duration_s:
+        params["min_duration_s"] = config.min_duration_s
+    if config.wait_for_quiet:
+        params["wait_for_quiet_s"] = config.wait_for_quiet
     if config.carbon_intensity is not None:
         params["carbon_intensity_override_g_per_kwh"] = config.carbon_intensity
     params.update({k: v for k, v in plan.settings_params().items() if v is not None})
@@ -187,8 +180,8 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
     return tags
 
 
-def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
-                 outcome: RunOutcome) -> tuple[dict[str, float], dict[str, str]]:
+def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, *,
+                 note: str) -> tuple[dict[str, float], dict[str, str]]:
     metrics = run_metrics(outcome, generative=plan.generative)
     tags = meter.provenance()
     if outcome.quality_unavailable:
@@ -200,18 +193,7 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
     unreadable = [r for r in meter.readings if r.reason]
     if unreadable:
         tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
-    queries = outcome.complete_queries
-    if queries:
-        shortest = min(q.reading.energy.duration_s for q in queries)
-        short = shortest < MIN_RELIABLE_WINDOW_S
-        tags["tracker.measurement.short_window"] = str(short).lower()
-        if short:
-            tags["tracker.measurement.short_window_reason"] = (
-                f"query phase lasted {shortest:.2f} s, under {MIN_RELIABLE_WINDOW_S:g} s: CodeCarbon "
-                "samples power about once a second, so this figure is rough; raise --n-samples")
-        if queries[-1].inferences < len(plan.dataset.inputs):
-            tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.inputs)} "
-                                           "inferences measured before the run stopped")
+    tags.update(measurement_tags(plan, outcome, note=note))
     recorder.log(params=late, metrics=metrics, tags=tags)
     records = meter.records_csv()
     if records:
@@ -219,6 +201,50 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter,
     if outcome.predictions:
         recorder.log_text(_prediction_sample(plan, outcome), "predictions_sample.csv")
     return metrics, tags
+
+
+def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "") -> dict[str, str]:
+    """How the query figures were obtained: attribution, contention, window length, quiet waits."""
+    queries = outcome.complete_queries
+    if not queries:
+        return {}
+    windows = [q.reading.window for q in queries if q.reading.window is not None]
+    tags: dict[str, str] = {}
+    if windows:
+        shares = ", ".join(f"{w.host_share:.2f}" for w in windows)
+        tags["tracker.energy.attribution"] = f"{ATTRIBUTION_METHOD}; host share per window: {shares}"
+    contended = [(i, q.reading.contended) for i, q in enumerate(queries, 1) if q.reading.contended]
+    tags["tracker.measurement.contended"] = str(bool(contended)).lower()
+    if contended:
+        reason = (f"{len(contended)} of {len(queries)} query window(s) contended; window {contended[0][0]}: "
+                  f"{contended[0][1]}. energy_kwh is this run's share; machine_energy_kwh is all of it. "
+                  "For a cleaner figure, measure on a quiet machine or pass --wait-for-quiet SECONDS")
+        tags["tracker.measurement.contended_reason"] = reason
+        tags["mlflow.note.content"] = (note + "\n\n" if note else "") + f"CONTENDED: {reason}."
+    covered = sum(q.reading.energy.duration_s for q in queries)
+    short = covered < MIN_RELIABLE_WINDOW_S
+    tags["tracker.measurement.short_window"] = str(short).lower()
+    if short:
+        tags["tracker.measurement.short_window_reason"] = (
+            f"the query windows lasted {covered:.2f} s in all, under {MIN_RELIABLE_WINDOW_S:g} s: clock ticks, "
+            "counter updates and timer noise weigh on so short a measurement; raise --n-samples, or pass "
+            "--min-duration-s 10 to measure windows until they cover 10 s (with a 95% interval over them)")
+    if outcome.quiet_waits:
+        quiet = sum(w.quiet for w in outcome.quiet_waits)
+        tags["tracker.measurement.quiet_wait"] = (
+            f"waited {sum(w.waited_s for w in outcome.quiet_waits):.1f} s in all before {len(outcome.quiet_waits)} "
+            f"window(s); the machine was quiet before {quiet} of them (other processes under "
+            f"{CONTENDED_BACKGROUND_SHARE:.0%} of its CPU time)")
+    if queries[-1].inferences < len(plan.dataset.inputs):
+        tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.inputs)} "
+                                       "inferences measured before the run stopped")
+    checks = [relative_difference(q.reading.seen.gpu_kwh, q.reading.window.gpu_counter_kwh)
+              for q in queries if q.reading.window is not None and q.reading.window.gpu_counter_kwh is not None]
+    if checks:
+        tags["tracker.energy.gpu.counter_check"] = (
+            f"CodeCarbon's GPU energy differs from NVML's counter read at the window edges by at most "
+            f"{max(checks):.1%}")
+    return tags
 
 
 def _prediction_sample(plan: RunPlan, outcome: RunOutcome) -> str:

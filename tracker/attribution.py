@@ -1,0 +1,134 @@
+"""Which part of what the meter saw belongs to this run, and whether other work interfered.
+
+The meter (CodeCarbon) reports the machine: the CPU and RAM energy of a window, whatever ran in
+it. Our figures (``energy_kwh`` and everything derived from it) are the part attributed to the run:
+
+- CPU and RAM: the meter's energy x this process tree's share of the machine's busy CPU time in
+  the window (its CPU seconds over every process's, read by psutil at the window's edges), the way
+  Scaphandre and Kepler split a host's energy among processes. Alone on the machine the share is
+  near 1 and the run pays the machine's figure, idle power included, as it would on a machine of
+  its own; beside other work it pays its share. RAM has no counter per process: its energy follows
+  the CPU work that drives it.
+- GPU: the devices' energy counters, whole: a device counter cannot be split, so other processes
+  on the run's GPUs are counted and make the window contended instead.
+- Emissions follow the attributed energy at the window's carbon intensity.
+
+A limit to know: CPU time includes the spin-waiting of thread pools (OpenMP's barriers), which
+grows when another process takes the cores the pool expects. Beside such work the attributed
+figure still rises, less than the machine's; the contended flag marks exactly those windows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tracker.energy import Energy
+from tracker.readings import GpuState, Snapshot, rapl_delta_uj
+
+# Other processes using at least this share of the machine's CPU time make a window contended:
+# above the few percent an idle system's own daemons use, below one busy core on a 8-core machine.
+CONTENDED_BACKGROUND_SHARE = 0.10
+UJ_PER_KWH = 3.6e12
+MJ_PER_KWH = 3.6e9
+
+METHOD = ("cpu, ram: the meter's energy x this process tree's share of the machine's busy CPU time "
+          "(psutil CPU times at the window's edges); gpu: the run's devices' energy, whole")
+
+
+@dataclass(frozen=True)
+class Window:
+    """What the probe saw between the two edges of one measured window."""
+
+    duration_s: float
+    own_cpu_s: float
+    machine_busy_cpu_s: float
+    machine_total_cpu_s: float
+    background_gpu_processes: int | None = None  # None: no GPU, or the list was not readable
+    gpu_counter_kwh: float | None = None  # NVML's own counter over the window, when readable
+    gpu_reason: str = ""
+    rapl_cpu_kwh: float | None = None  # RAPL package counters over the window, when readable
+
+    @classmethod
+    def between(cls, start: Snapshot, end: Snapshot) -> Window:
+        gpu_processes, gpu_kwh, gpu_reason = _gpu_between(start.gpu, end.gpu)
+        rapl = (rapl_delta_uj(start.rapl_uj, end.rapl_uj) / UJ_PER_KWH
+                if start.rapl_uj and end.rapl_uj else None)
+        return cls(duration_s=end.at_s - start.at_s,
+                   own_cpu_s=max(end.cpu.own_s - start.cpu.own_s, 0.0),
+                   machine_busy_cpu_s=max(end.cpu.machine_busy_s - start.cpu.machine_busy_s, 0.0),
+                   machine_total_cpu_s=max(end.cpu.machine_total_s - start.cpu.machine_total_s, 0.0),
+                   background_gpu_processes=gpu_processes, gpu_counter_kwh=gpu_kwh, gpu_reason=gpu_reason,
+                   rapl_cpu_kwh=rapl)
+
+    @property
+    def host_share(self) -> float:
+        """This process tree's share of the CPU time every process used, 0 to 1.
+
+        The kernel counts in clock ticks, so over a very short window own time can exceed the
+        machine's by a tick: clipped. A window in which nothing ran at all is wholly ours.
+        """
+        if self.machine_busy_cpu_s <= 0:
+            return 1.0
+        return min(self.own_cpu_s / self.machine_busy_cpu_s, 1.0)
+
+    @property
+    def background_cpu_s(self) -> float:
+        return max(self.machine_busy_cpu_s - self.own_cpu_s, 0.0)
+
+    @property
+    def background_cpu_share(self) -> float:
+        """The share of the machine's CPU capacity (all logical CPUs) others used, 0 to 1."""
+        if self.machine_total_cpu_s <= 0:
+            return 0.0
+        return min(self.background_cpu_s / self.machine_total_cpu_s, 1.0)
+
+
+def attribute(machine: Energy, window: Window) -> Energy:
+    """The run's part of the meter's ``machine`` energy over ``window``."""
+    share = window.host_share
+    cpu, ram, gpu = machine.cpu_kwh * share, machine.ram_kwh * share, machine.gpu_kwh
+    total = cpu + ram + gpu
+    if machine.total_kwh > 0:
+        emissions = machine.emissions_kg * total / machine.total_kwh
+    else:
+        emissions = machine.emissions_kg * share
+    return Energy(cpu_kwh=cpu, gpu_kwh=gpu, ram_kwh=ram, emissions_kg=emissions,
+                  duration_s=machine.duration_s)
+
+
+def contention(window: Window) -> str | None:
+    """Why the window was contended, in words; None when the run had its resources to itself."""
+    reasons = []
+    if window.background_cpu_share >= CONTENDED_BACKGROUND_SHARE:
+        reasons.append(f"other processes used {window.background_cpu_share:.0%} of the machine's CPU time "
+                       f"({window.background_cpu_s:.1f} CPU-s against this run's {window.own_cpu_s:.1f} "
+                       f"in {window.duration_s:.1f} s)")
+    if window.background_gpu_processes:
+        reasons.append(f"{window.background_gpu_processes} other process(es) computed on this run's GPU")
+    return "; ".join(reasons) or None
+
+
+def gpu_unavailable(window: Window) -> bool:
+    """NVML was asked and its energy counter could not be read: the GPU figure is missing."""
+    return window.gpu_counter_kwh is None and bool(window.gpu_reason)
+
+
+def relative_difference(ours: float, theirs: float) -> float:
+    if theirs == 0 or math.isnan(theirs) or math.isnan(ours):
+        return math.nan
+    return abs(ours - theirs) / abs(theirs)
+
+
+def _gpu_between(start: GpuState | None, end: GpuState | None) -> tuple[int | None, float | None, str]:
+    if start is None or end is None:
+        return None, None, ""
+    reason = end.reason or start.reason
+    others: set[int] = set()
+    for pids in (*start.other_pids.values(), *end.other_pids.values()):
+        others |= pids
+    listed = bool(end.other_pids) or bool(start.other_pids)
+    energies = [(start.energy_mj.get(d), end.energy_mj.get(d)) for d in end.energy_mj]
+    if not energies or any(a is None or b is None for a, b in energies):
+        return (len(others) if listed else None), None, reason or "NVML energy counter not readable"
+    return (len(others) if listed else None), sum(b - a for a, b in energies) / MJ_PER_KWH, reason
