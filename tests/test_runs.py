@@ -10,13 +10,17 @@ from conftest import all_runs
 
 ENERGY_METRICS = ["energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "emissions_kg",
                   "energy_kwh_per_1k", "emissions_g_per_output", "duration_s", "throughput_per_s",
-                  "load_energy_kwh", "load_duration_s", "model_parameters"]
+                  "load_energy_kwh", "load_duration_s", "model_parameters", "machine_energy_kwh",
+                  "machine_energy_cpu_kwh", "machine_energy_ram_kwh", "machine_energy_kwh_per_1k",
+                  "own_cpu_seconds", "background_cpu_share", "host_energy_share", "load_machine_energy_kwh",
+                  "batch_latency_ms_p50", "batch_latency_ms_p90", "batch_latency_ms_p99"]
 PARAMS = ["task", "model", "dataset", "n_samples", "batch_size", "precision", "device", "repeats",
           "warmup", "country_iso_code", "seed"]
 TAGS = ["tracker.energy.cpu.method", "tracker.energy.ram.method", "tracker.energy.gpu.method",
         "tracker.carbon.country_source", "tracker.carbon.intensity_source", "tracker.model.source",
         "tracker.dataset.source", "tracker.quality.meaningful", "tracker.hardware.cpu_model",
-        "tracker.version.torch", "tracker.version.codecarbon", "tracker.measurement.short_window"]
+        "tracker.version.torch", "tracker.version.codecarbon", "tracker.measurement.short_window",
+        "tracker.energy.attribution", "tracker.measurement.contended"]
 
 
 @pytest.mark.parametrize("task, quality_metrics, generative", [
@@ -40,8 +44,15 @@ def test_full_run_honours_the_contract(cli, client, task, quality_metrics, gener
     for name in ENERGY_METRICS + quality_metrics + ["quality"]:
         assert name in metrics, name
         assert not math.isnan(metrics[name]), name
-    for name in ["energy_kwh", "emissions_kg", "duration_s"]:
+    for name in ["energy_kwh", "machine_energy_kwh", "emissions_kg", "duration_s", "throughput_per_s"]:
         assert f"{name}_std" in metrics  # repeats > 1
+        assert metrics[f"{name}_ci95_low"] <= metrics[name] <= metrics[f"{name}_ci95_high"]
+    # the attributed figure is a part of what the meter saw, never more
+    assert 0 < metrics["energy_kwh"] <= metrics["machine_energy_kwh"] * (1 + 1e-9)
+    assert metrics["batch_latency_ms_p50"] <= metrics["batch_latency_ms_p90"] <= metrics["batch_latency_ms_p99"]
+    assert metrics["windows"] == 2 and metrics["own_cpu_seconds"] > 0
+    assert tags["tracker.measurement.contended"] in ("true", "false")
+    assert ("tracker.measurement.contended_reason" in tags) == (tags["tracker.measurement.contended"] == "true")
     assert ("energy_j_per_token" in metrics) == generative
     assert metrics["energy_kwh"] > 0 and metrics["energy_cpu_kwh"] > 0 and metrics["energy_ram_kwh"] > 0
     assert metrics["energy_kwh"] == pytest.approx(

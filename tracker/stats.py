@@ -24,6 +24,8 @@ class Spread:
         values = list(values)
         if not values:
             return cls(math.nan, math.nan, 0)
+        if any(math.isnan(v) for v in values):
+            return cls(math.nan, math.nan, len(values))
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan,
                    len(values))
 
