@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import all_runs
-from tracker.attribution import Window, attribute, contention, gpu_unavailable
+from tracker.attribution import FullLoadRates, Window, attribute, contention, gpu_unavailable
 from tracker.energy import Energy
 from tracker.readings import CpuTimes, GpuState, Snapshot, SystemProbe, rapl_delta_uj, visible_gpu
 from tracker.stats import Spread, percentile, pooled, ratio_interval
@@ -88,6 +89,21 @@ def test_attribution_arithmetic_on_known_figures():
     assert "38% of the machine's CPU time" in contention(window)
     quiet = Window(duration_s=4.0, own_cpu_s=7.5, machine_busy_cpu_s=7.8, machine_total_cpu_s=8.0)
     assert contention(quiet) is None and attribute(machine, quiet).cpu_kwh == pytest.approx(2.0 * 7.5 / 7.8)
+
+
+def test_modelled_components_are_charged_per_cpu_second_whatever_else_runs():
+    rates = FullLoadRates(cpu_w=8.0, ram_w=20.0, logical_cpus=2)
+    machine = Energy(cpu_kwh=2e-6, gpu_kwh=0.0, ram_kwh=5e-6, emissions_kg=1e-7, duration_s=1.0)
+    alone = Window(duration_s=3.0, own_cpu_s=3.0, machine_busy_cpu_s=3.1, machine_total_cpu_s=6.0)
+    beside = Window(duration_s=3.0, own_cpu_s=3.0, machine_busy_cpu_s=6.0, machine_total_cpu_s=6.0)
+    for window in (alone, beside):  # the same work: the same charge, 4 W and 10 W per CPU-second
+        ours = attribute(machine, window, rates)
+        assert ours.cpu_kwh == pytest.approx(3.0 * 4.0 / 3.6e6) and ours.ram_kwh == pytest.approx(3.0 * 10.0 / 3.6e6)
+    measured_cpu = FullLoadRates(cpu_w=None, ram_w=20.0, logical_cpus=2)  # RAPL: split what it measured
+    assert attribute(machine, beside, measured_cpu).cpu_kwh == pytest.approx(1e-6)
+    missing = Energy(cpu_kwh=math.nan, gpu_kwh=0.0, ram_kwh=5e-6, emissions_kg=1e-7, duration_s=1.0)
+    assert math.isnan(attribute(missing, alone, rates).cpu_kwh)  # a missing reading is not modelled back in
+    assert "4 W per CPU-second" in rates.describe() and "Scaphandre" in measured_cpu.describe()
 
 
 def test_clock_ticks_never_give_a_share_above_one_or_an_empty_window_a_nan():
@@ -167,8 +183,11 @@ def test_scripted_cpu_times_through_a_real_meter():
     finally:
         meter.close()
     assert reading.window.host_share == 0.25
-    assert reading.energy.cpu_kwh == pytest.approx(reading.machine.cpu_kwh / 4)
-    assert reading.energy.ram_kwh == pytest.approx(reading.machine.ram_kwh / 4)
+    rates = meter.rates()
+    for part, watts in (("cpu_kwh", rates.cpu_w), ("ram_kwh", rates.ram_w)):
+        expected = (1.0 * watts / 2 / 3.6e6 if watts is not None  # modelled: 1 CPU-second at the full-load rate
+                    else getattr(reading.machine, part) / 4)  # measured: a quarter of the busy CPU time
+        assert getattr(reading.energy, part) == pytest.approx(expected)
     assert "38% of the machine's CPU time" in reading.contended
 
 
@@ -200,11 +219,14 @@ def test_a_run_on_a_busy_machine_is_tagged_contended_with_its_share(cli, client,
     assert "50% of the machine's CPU time" in tags["tracker.measurement.contended_reason"]
     assert "CONTENDED" in tags["mlflow.note.content"] and "FALLBACK" in tags["mlflow.note.content"]
     assert "CONTENDED" in out
-    assert metrics["background_cpu_share"] == 0.5 and metrics["host_energy_share"] == 0.5
+    assert metrics["background_cpu_share"] == 0.5 and metrics["cpu_time_share"] == 0.5
+    assert metrics["own_cpu_seconds"] == 1.0
+    if tags["tracker.energy.cpu.method"].startswith("modelled: TDP x (0.1"):
+        tdp = float(re.search(r"TDP (\d+(\.\d+)?) W", tags["tracker.energy.cpu.method"]).group(1))
+        assert metrics["energy_cpu_kwh"] == pytest.approx(1.0 * tdp / 2 / 3.6e6)  # 1 CPU-s, TDP / 2 CPUs
     assert metrics["energy_kwh"] == pytest.approx(
-        metrics["machine_energy_cpu_kwh"] / 2 + metrics["machine_energy_ram_kwh"] / 2 + metrics["energy_gpu_kwh"])
-    assert metrics["energy_kwh_per_1k"] == pytest.approx(metrics["machine_energy_kwh_per_1k"] / 2)
-    assert "share of the machine's busy CPU time" in tags["tracker.energy.attribution"]
+        metrics["energy_cpu_kwh"] + metrics["energy_ram_kwh"] + metrics["energy_gpu_kwh"])
+    assert "per CPU-second" in tags["tracker.energy.attribution"]
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ ENERGY_METRICS = ["energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_
                   "energy_kwh_per_1k", "emissions_g_per_output", "duration_s", "throughput_per_s",
                   "load_energy_kwh", "load_duration_s", "model_parameters", "machine_energy_kwh",
                   "machine_energy_cpu_kwh", "machine_energy_ram_kwh", "machine_energy_kwh_per_1k",
-                  "own_cpu_seconds", "background_cpu_share", "host_energy_share", "load_machine_energy_kwh",
+                  "own_cpu_seconds", "background_cpu_share", "cpu_time_share", "load_machine_energy_kwh",
                   "batch_latency_ms_p50", "batch_latency_ms_p90", "batch_latency_ms_p99"]
 PARAMS = ["task", "model", "dataset", "n_samples", "batch_size", "precision", "device", "repeats",
           "warmup", "country_iso_code", "seed"]
@@ -47,8 +47,8 @@ def test_full_run_honours_the_contract(cli, client, task, quality_metrics, gener
     for name in ["energy_kwh", "machine_energy_kwh", "emissions_kg", "duration_s", "throughput_per_s"]:
         assert f"{name}_std" in metrics  # repeats > 1
         assert metrics[f"{name}_ci95_low"] <= metrics[name] <= metrics[f"{name}_ci95_high"]
-    # the attributed figure is a part of what the meter saw, never more
-    assert 0 < metrics["energy_kwh"] <= metrics["machine_energy_kwh"] * (1 + 1e-9)
+    assert metrics["energy_kwh"] > 0 and metrics["machine_energy_kwh"] > 0
+    assert 0 <= metrics["background_cpu_share"] <= 1 and 0 < metrics["cpu_time_share"] <= 1
     assert metrics["batch_latency_ms_p50"] <= metrics["batch_latency_ms_p90"] <= metrics["batch_latency_ms_p99"]
     assert metrics["windows"] == 2 and metrics["own_cpu_seconds"] > 0
     assert tags["tracker.measurement.contended"] in ("true", "false")

@@ -15,6 +15,7 @@ import pytest
 from conftest import all_runs, mlflow_server, subprocess_env
 from tracker.errors import ConfigError
 from tracker.pareto import pareto_front
+from tracker.stats import Spread
 from tracker.tune import TuneConfig, feasibility
 
 pytestmark = pytest.mark.slow
@@ -80,9 +81,14 @@ def test_search_layout_parent_baseline_and_nested_trials(cli, client, hermetic):
     assert "carbon_reduction_x" in out
     runs = all_runs(client)
     [parent] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "parent"]
-    [baseline] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]
+    baselines = [r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]
+    # measured first, then again after every 4 trials of the worker (--baseline-every, default 4)
+    assert len(baselines) == 2
+    [baseline] = [r for r in baselines if "tracker.tune.baseline" not in r.data.tags]
     assert parent.info.status == "FINISHED"
-    assert baseline.data.params["batch_size"] == "1" and baseline.data.params["precision"] == "fp32"
+    for run in baselines:
+        assert run.data.params["batch_size"] == "1" and run.data.params["precision"] == "fp32"
+        assert run.data.metrics["windows"] >= 3  # enough windows for a spread
     study = _optuna_trials(storage)
     measured = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
     assert len(measured) == 4  # duplicates, pruned, do not count
@@ -103,8 +109,16 @@ def test_search_layout_parent_baseline_and_nested_trials(cli, client, hermetic):
     best = min((t for t in measured if t.user_attrs["constraint"][0] <= 0), key=lambda t: t.values[0])
     assert tags["tracker.tune.best.batch_size"] == str(best.params["batch_size"])
     assert metrics["best_emissions_g_per_output"] == pytest.approx(best.values[0])
-    assert metrics["carbon_reduction_x"] == pytest.approx(
-        baseline.data.metrics["emissions_g_per_output"] / best.values[0])
+    # the baselines' windows pooled, over the best trial's: with a 95% interval around it
+    from tracker.stats import Spread, pooled
+
+    if all(r.data.tags["tracker.measurement.contended"] == "false" for r in baselines):
+        pooled_baseline = pooled([Spread(r.data.metrics["emissions_g_per_output"],
+                                         r.data.metrics["emissions_g_per_output_std"],
+                                         int(r.data.metrics["windows"])) for r in baselines])
+        assert metrics["carbon_reduction_x"] == pytest.approx(pooled_baseline.mean / best.values[0])
+    assert metrics["carbon_reduction_x_ci95_low"] < metrics["carbon_reduction_x"] < metrics["carbon_reduction_x_ci95_high"]
+    assert metrics["baseline_measurements"] == 2
     assert metrics["reference_quality"] == pytest.approx(baseline.data.metrics["quality"])
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "trials.csv" in artifacts
@@ -245,3 +259,50 @@ def test_two_workers_share_one_study_on_postgresql(hermetic):
         # every measured trial recorded exactly once, all under the one parent
         assert sorted(int(r.data.tags["tracker.tune.trial"]) for r in trial_runs) == sorted(t.number for t in measured)
         assert {r.data.tags["mlflow.parentRunId"] for r in trial_runs} == {parent.info.run_id}
+
+
+def _study_with(trials, baselines):
+    """An in-memory study holding finished trials (settings, carbon windows) and baseline measurements."""
+    import optuna
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    study.set_user_attr("higher_is_better", True)
+    for i, (bs, precision, windows) in enumerate(trials):
+        spread = Spread.of(windows)
+        study.add_trial(optuna.trial.create_trial(
+            params={"batch_size": bs, "precision": precision}, value=spread.mean,
+            distributions={"batch_size": optuna.distributions.CategoricalDistribution([1, 2, 4, 8, 16, 32, 64]),
+                           "precision": optuna.distributions.CategoricalDistribution(["fp32", "int8"])},
+            user_attrs={"constraint": [-0.1], "quality": 0.8,
+                        "carbon": {"mean": spread.mean, "std": spread.std, "n": spread.n}}))
+    for i, (windows, contended) in enumerate(baselines):
+        spread = Spread.of(windows)
+        study.set_user_attr(f"baseline:run{i}", {"mean": spread.mean, "std": spread.std, "n": spread.n,
+                                                  "contended": contended, "run_id": f"run{i}"})
+    return study
+
+
+def test_a_tie_is_declared_only_when_the_intervals_overlap():
+    from tracker.tune import _tie, best_trials
+
+    close = _study_with([(64, "int8", [1.00, 1.02, 0.98]), (32, "int8", [1.01, 1.04, 1.00]),
+                         (1, "fp32", [9.0, 9.1, 8.9])], [])
+    [best] = best_trials(close)
+    assert best.params == {"batch_size": 64, "precision": "int8"}
+    tie = _tie(close, best)
+    assert "batch 64, int8" in tie and "batch 32, int8" in tie and "overlap" in tie
+    apart = _study_with([(64, "int8", [1.00, 1.01, 0.99]), (32, "int8", [2.00, 2.01, 1.99])], [])
+    assert _tie(apart, best_trials(apart)[0]) is None
+
+
+def test_the_baseline_pools_its_quiet_measurements_and_the_ratio_has_an_interval():
+    from tracker.stats import ratio_interval
+    from tracker.tune import baseline_spread
+
+    study = _study_with([], [([10.0, 10.2, 9.8], False), ([11.0, 11.2, 10.8], False), ([30.0, 31.0, 29.0], True)])
+    baseline = baseline_spread(study)
+    assert baseline.n == 6 and baseline.mean == pytest.approx(10.5)  # the contended one is left out
+    ratio, low, high = ratio_interval(baseline, Spread.of([1.0, 1.05, 0.95]))
+    assert ratio == pytest.approx(10.5) and low < 10.5 < high
+    all_contended = _study_with([], [([30.0, 31.0, 29.0], True)])
+    assert baseline_spread(all_contended).mean == pytest.approx(30.0)  # all there is, and it says so

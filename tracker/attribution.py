@@ -1,21 +1,25 @@
 """Which part of what the meter saw belongs to this run, and whether other work interfered.
 
 The meter (CodeCarbon) reports the machine: the CPU and RAM energy of a window, whatever ran in
-it. Our figures (``energy_kwh`` and everything derived from it) are the part attributed to the run:
+it. Our figures (``energy_kwh`` and everything derived from it) are the part attributed to the run,
+from this process tree's CPU seconds read by psutil at the window's edges:
 
-- CPU and RAM: the meter's energy x this process tree's share of the machine's busy CPU time in
-  the window (its CPU seconds over every process's, read by psutil at the window's edges), the way
-  Scaphandre and Kepler split a host's energy among processes. Alone on the machine the share is
-  near 1 and the run pays the machine's figure, idle power included, as it would on a machine of
-  its own; beside other work it pays its share. RAM has no counter per process: its energy follows
-  the CPU work that drives it.
+- A *modelled* component (CPU without RAPL: CodeCarbon's load curve over a TDP; RAM: its rule of
+  thumb) has no measurement to split, so the model is applied to the run's own CPU time: each
+  CPU-second is charged the model's full-load power per logical CPU (TDP / CPUs for the CPU, which
+  is CodeCarbon's own process-mode formula; the machine's RAM power / CPUs for RAM). This depends
+  on the run's work, not on what else runs: other processes neither stretch it nor share it.
+- A *measured* component (RAPL counters) is split by the process tree's share of the machine's
+  busy CPU time, the way Scaphandre and Kepler split a host's measured energy.
 - GPU: the devices' energy counters, whole: a device counter cannot be split, so other processes
   on the run's GPUs are counted and make the window contended instead.
 - Emissions follow the attributed energy at the window's carbon intensity.
 
-A limit to know: CPU time includes the spin-waiting of thread pools (OpenMP's barriers), which
-grows when another process takes the cores the pool expects. Beside such work the attributed
-figure still rises, less than the machine's; the contended flag marks exactly those windows.
+Two consequences to know. CodeCarbon's machine curve is convex (0.1 + 0.9 L^3), so a run that
+leaves cores idle is charged more than the curve gives the whole machine at that load: attributed
+can exceed machine energy. And CPU time includes the spin-waiting of thread pools (OpenMP's
+barriers), which grows when another process takes the cores the pool expects: beside such work
+the attributed figure still rises, less than the machine's; the contended flag marks those windows.
 """
 
 from __future__ import annotations
@@ -32,8 +36,25 @@ CONTENDED_BACKGROUND_SHARE = 0.10
 UJ_PER_KWH = 3.6e12
 MJ_PER_KWH = 3.6e9
 
-METHOD = ("cpu, ram: the meter's energy x this process tree's share of the machine's busy CPU time "
-          "(psutil CPU times at the window's edges); gpu: the run's devices' energy, whole")
+
+
+@dataclass(frozen=True)
+class FullLoadRates:
+    """The meter's modelled power at full load, charged per CPU-second; None: measured, split by share."""
+
+    cpu_w: float | None
+    ram_w: float | None
+    logical_cpus: int
+
+    def describe(self) -> str:
+        def part(name: str, watts: float | None) -> str:
+            if watts is None:
+                return (f"{name}: measured, split by this process tree's share of the machine's busy CPU time "
+                        "(Scaphandre's rule)")
+            return (f"{name}: modelled, so charged {watts / self.logical_cpus:.3g} W per CPU-second of this "
+                    f"process tree ({watts:g} W at full load / {self.logical_cpus} logical CPUs)")
+        return (f"{part('cpu', self.cpu_w)}; {part('ram', self.ram_w)}; gpu: the run's devices' energy "
+                "counters, whole; CPU seconds from psutil at the window's edges")
 
 
 @dataclass(frozen=True)
@@ -84,10 +105,18 @@ class Window:
         return min(self.background_cpu_s / self.machine_total_cpu_s, 1.0)
 
 
-def attribute(machine: Energy, window: Window) -> Energy:
-    """The run's part of the meter's ``machine`` energy over ``window``."""
+def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = None) -> Energy:
+    """The run's part of the meter's ``machine`` energy over ``window`` (see the module's rules)."""
     share = window.host_share
-    cpu, ram, gpu = machine.cpu_kwh * share, machine.ram_kwh * share, machine.gpu_kwh
+
+    def host(seen: float, watts: float | None) -> float:
+        if watts is None or math.isnan(seen):  # measured (or missing): split what was seen
+            return seen * share
+        return window.own_cpu_s * watts / rates.logical_cpus / 3.6e6
+
+    cpu = host(machine.cpu_kwh, rates.cpu_w if rates else None)
+    ram = host(machine.ram_kwh, rates.ram_w if rates else None)
+    gpu = machine.gpu_kwh
     total = cpu + ram + gpu
     if machine.total_kwh > 0:
         emissions = machine.emissions_kg * total / machine.total_kwh

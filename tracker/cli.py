@@ -55,6 +55,7 @@ TUNE_FLAGS = {
     "min_window_s": "repeat the query phase until the baseline fills this many seconds (default 3)",
     "heartbeat_s": "seconds between a worker's heartbeats; a trial silent 3x as long is retried (default 30)",
     "sampler_seed": "seed of the sampler (default: random)",
+    "baseline_every": "measure the baseline (batch 1, fp32) again after this many trials of a worker (default 4)",
 }
 
 
@@ -149,8 +150,8 @@ def _run(args: dict) -> int:
     label = "meaningful" if meaningful else "NOT meaningful: built-in model/data"
     print(f"  quality ({label}): {_fmt(m.get('quality'))}; "
           f"CPU energy {report.tags.get('tracker.energy.cpu.method')}")
-    print(f"  attributed to this run: {_fmt(m.get('host_energy_share'))} of the machine's CPU and RAM energy "
-          f"(machine: {_fmt(m.get('machine_energy_kwh'))} kWh); "
+    print(f"  attributed to this run: {_fmt(m.get('energy_kwh'))} kWh of the {_fmt(m.get('machine_energy_kwh'))} kWh "
+          f"the meter saw; this run used {_fmt(m.get('cpu_time_share'))} of the busy CPU time; "
           + ("CONTENDED: " + report.tags["tracker.measurement.contended_reason"]
              if report.tags.get("tracker.measurement.contended") == "true"
              else "not contended: other processes stayed under 10% of the CPU"))
@@ -203,7 +204,8 @@ def _tune(args: dict) -> int:
     raw = {k: v for k, v in raw.items() if v not in (None, "")}
     run = RunConfig.parse(**args, progress=False)
     options: dict = {"run": run}
-    for name, minimum in (("n_trials", 1), ("max_batch_size", 1), ("heartbeat_s", 1), ("sampler_seed", 0)):
+    for name, minimum in (("n_trials", 1), ("max_batch_size", 1), ("heartbeat_s", 1), ("sampler_seed", 0),
+                          ("baseline_every", 1)):
         if name in raw:
             options["seed" if name == "sampler_seed" else name] = _integer(name, raw[name], minimum)
     for name in ("max_quality_drop", "min_window_s"):
@@ -224,12 +226,16 @@ def _tune(args: dict) -> int:
     _quiet_libraries()
     summary = tune(config)
     print(f"study {summary['study']}: {summary['trials']} trials")
-    print(f"  baseline (batch 1, fp32): {_fmt(summary['baseline_emissions_g_per_output'])} gCO2eq per output, "
-          f"quality {_fmt(summary['reference_quality'])}")
+    print(f"  baseline (batch 1, fp32): {_fmt(summary['baseline_emissions_g_per_output'])} gCO2eq per output "
+          f"over {summary['baseline_measurements']} measurement(s), quality {_fmt(summary['reference_quality'])}")
     if "best_params" in summary:
+        low, high = summary["carbon_reduction_x_ci95"]
         print(f"  best feasible: {summary['best_params']} (trial {summary['best_trial']}): "
               f"{_fmt(summary['best_emissions_g_per_output'])} gCO2eq per output, quality "
-              f"{_fmt(summary['best_quality'])}; carbon_reduction_x = {summary['carbon_reduction_x']:.2f}")
+              f"{_fmt(summary['best_quality'])}; carbon_reduction_x = {summary['carbon_reduction_x']:.2f} "
+              f"(95% interval {_fmt(low)} to {_fmt(high)})")
+        if "tie" in summary:
+            print(f"  TIE: {summary['tie']}")
     else:
         print("  no feasible trial: every trial failed or lost too much quality")
     return 0

@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tracker.attribution import CONTENDED_BACKGROUND_SHARE, Window, attribute, contention, gpu_unavailable
+from tracker.attribution import (CONTENDED_BACKGROUND_SHARE, FullLoadRates, Window, attribute, contention,
+                                 gpu_unavailable)
 from tracker.carbon import Location
 from tracker.energy import Energy
 from tracker.readings import Probe, SystemProbe, visible_gpu
@@ -94,6 +95,7 @@ class EnergyMeter:
         )
         self.tracking_mode = tracking_mode
         self.gpu_ids = gpu_ids
+        self._rates: FullLoadRates | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[PhaseReading]:
@@ -124,9 +126,26 @@ class EnergyMeter:
                     machine = dataclasses.replace(machine, gpu_kwh=math.nan)
                     reading.reason = f"GPU energy missing: {window.gpu_reason}"
                 reading.machine = machine
-                reading.energy = attribute(machine, window)
+                reading.energy = attribute(machine, window, self.rates())
                 reading.record = {"task_name": name, **dataclasses.asdict(data)}
             self.readings.append(reading)
+
+    def rates(self) -> FullLoadRates:
+        """What CodeCarbon models at full load, per component (None where it measures); known once
+        its hardware is set up, at the first window."""
+        if self._rates is None:
+            cpu, ram = self._device("CPU"), self._device("RAM")
+            cpu_w = None
+            if cpu is not None and getattr(cpu, "_mode", None) == "cpu_load":
+                cpu_w = float(cpu._tdp)  # the load curve at full load: 0.1 + 0.9 x 1^3 = 1
+            elif cpu is not None and getattr(cpu, "_mode", None) == "constant":
+                cpu_w = float(cpu._tdp) * 0.5  # CodeCarbon's constant mode: half of TDP, whatever the load
+            self._rates = FullLoadRates(cpu_w=cpu_w, ram_w=_machine_ram_watts(ram),
+                                        logical_cpus=self.probe.logical_cpus)
+        return self._rates
+
+    def _device(self, kind: str) -> Any:
+        return next((d for d in getattr(self._tracker, "_hardware", []) if type(d).__name__ == kind), None)
 
     def synchronize(self) -> None:
         """Wait for the GPU's queued work, so that a window's edge is where the work's edge is."""
@@ -234,6 +253,21 @@ def _cpu_method(cpu: Any, hardware: dict[str, Any], tracking_mode: str) -> str:
     if mode == "constant":
         return f"modelled: constant half of TDP ({tdp} W for {model}, {tdp_source}); no RAPL counter readable"
     return f"unknown: CodeCarbon CPU mode {mode!r}"
+
+
+def _machine_ram_watts(ram: Any) -> float | None:
+    """CodeCarbon's RAM power for the installed memory (what its machine mode reports), in either
+    tracking mode; None when it set up no RAM meter."""
+    if ram is None:
+        return None
+    forced = getattr(ram, "_force_ram_power", None)
+    if forced is not None:
+        return float(forced)
+    try:
+        return float(ram._calculate_ram_power(ram.machine_memory_GB))
+    except Exception as err:  # a private API of CodeCarbon's: if it changes, split by share instead
+        logger.warning("could not read CodeCarbon's RAM power for the machine: %s", err)
+        return None
 
 
 def _ram_method(ram: Any, tracking_mode: str, watts: float | None) -> str:

@@ -24,7 +24,6 @@ from tracker.config import RunConfig
 from tracker.data import Columns, load_dataset
 from tracker.errors import ConfigError
 from tracker.attribution import CONTENDED_BACKGROUND_SHARE, relative_difference
-from tracker.attribution import METHOD as ATTRIBUTION_METHOD
 from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.models import resolve_model
 from tracker.multipurpose import decide_kind
@@ -193,7 +192,7 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outco
     unreadable = [r for r in meter.readings if r.reason]
     if unreadable:
         tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
-    tags.update(measurement_tags(plan, outcome, note=note))
+    tags.update(measurement_tags(plan, outcome, note=note, attribution=meter.rates().describe()))
     recorder.log(params=late, metrics=metrics, tags=tags)
     records = meter.records_csv()
     if records:
@@ -203,7 +202,7 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outco
     return metrics, tags
 
 
-def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "") -> dict[str, str]:
+def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attribution: str = "") -> dict[str, str]:
     """How the query figures were obtained: attribution, contention, window length, quiet waits."""
     queries = outcome.complete_queries
     if not queries:
@@ -212,7 +211,7 @@ def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "") -> d
     tags: dict[str, str] = {}
     if windows:
         shares = ", ".join(f"{w.host_share:.2f}" for w in windows)
-        tags["tracker.energy.attribution"] = f"{ATTRIBUTION_METHOD}; host share per window: {shares}"
+        tags["tracker.energy.attribution"] = f"{attribution}; share of busy CPU time per window: {shares}"
     contended = [(i, q.reading.contended) for i, q in enumerate(queries, 1) if q.reading.contended]
     tags["tracker.measurement.contended"] = str(bool(contended)).lower()
     if contended:

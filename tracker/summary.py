@@ -40,7 +40,7 @@ def query_figures(query: QueryReading, *, generative: bool) -> dict[str, float]:
     }
     if window is not None:
         figures.update(own_cpu_seconds=window.own_cpu_s, background_cpu_share=window.background_cpu_share,
-                       host_energy_share=window.host_share)
+                       cpu_time_share=window.host_share)
         if window.background_gpu_processes is not None:
             figures["background_gpu_processes"] = float(window.background_gpu_processes)
         if window.gpu_counter_kwh is not None:

@@ -5,11 +5,18 @@ Layout of a search, in MLflow and Optuna:
 - one Optuna study per search (name and storage given, or derived), one MLflow *parent* run for
   it, in the task's experiment;
 - a *baseline* run at the paper's protocol (batch 1, fp32): its quality is the reference of the
-  constraint, its carbon per output the denominator of ``carbon_reduction_x``; measured once, by
-  the worker that creates the study, and stored on the study;
+  constraint, its carbon per output the denominator of ``carbon_reduction_x``; measured first by
+  the worker that creates the study, then again by every worker after each ``baseline_every`` of
+  its trials, so that the comparison spans the same drift in the machine's load as the trials;
+  each measurement is stored on the study;
 - one nested MLflow run per trial, measured in a child process (``tracker run``), so a trial that
   kills its process (SIGILL, a segfault, the OOM killer) is recorded FAILED with the signal's name
   while the search goes on.
+
+Every measurement has at least ``MIN_WINDOWS`` query windows, so each carbon figure has a spread;
+a trial whose windows were contended (other processes busy on the machine) is measured again.
+``carbon_reduction_x`` comes with a 95% interval from the baseline's and the best trial's windows,
+and when the best and the runner-up's intervals overlap the search says it is a tie.
 
 A trial is feasible when its quality is at least reference x (1 - max_quality_drop) (at most
 reference x (1 + drop) for lower-is-better metrics such as WER). Infeasible trials stay in the
@@ -38,6 +45,7 @@ from tracker.child import measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import ConfigError, TrackerError
 from tracker.pareto import pareto_front
+from tracker.stats import Spread, pooled, ratio_interval
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,8 @@ OBJECTIVE_METRIC = "emissions_g_per_output"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 BASELINE_WAIT_S = 3600  # how long a second worker waits for the first to measure the baseline
 MAX_PROPOSALS_PER_TRIAL = 10  # a bound on proposals when the sampler keeps repeating settings
+MIN_WINDOWS = 3  # query windows per measurement: enough for a spread and a 95% interval
+BASELINE_ATTR = "baseline:"  # study user attrs "baseline:<run id>": one per baseline measurement
 
 
 class TrialFailed(TrackerError):
@@ -65,10 +75,13 @@ class TuneConfig:
     min_window_s: float = 3.0
     heartbeat_s: int = 30
     seed: int | None = None
+    baseline_every: int = 4  # each worker measures the baseline again after this many trials
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
             raise ConfigError(f"--n-trials must be a positive whole number, got {self.n_trials}")
+        if self.baseline_every < 1:
+            raise ConfigError(f"--baseline-every must be a positive whole number, got {self.baseline_every}")
         if self.max_batch_size < 1:
             raise ConfigError(f"--max-batch-size must be a positive whole number, got {self.max_batch_size}")
         if not 0 <= self.max_quality_drop < 1:
@@ -282,8 +295,7 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
     study.set_user_attr("higher_is_better", task.higher_is_better)
 
     # The paper's protocol: quality reference and carbon baseline in one measurement.
-    baseline_config = dataclasses.replace(run, batch_size=1, precision="fp32", progress=False)
-    result = measure_in_child(client, baseline_config, {
+    result = measure_in_child(client, baseline_config(run), {
         "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
         "mlflow.parentRunId": parent_id})
     if result.status != "FINISHED":
@@ -292,11 +304,43 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
         raise TrackerError(f"the baseline run (batch 1, fp32) failed, so there is no quality to keep: "
                            f"{result.reason}")
     metrics = result.run.data.metrics
+    _record_baseline(study, result.run)
     study.set_user_attr("baseline_run_id", result.run.info.run_id)
-    study.set_user_attr("baseline_emissions_g_per_output", metrics[OBJECTIVE_METRIC])
     study.set_user_attr("baseline_duration_s", metrics["duration_s"])
     # Set last: other workers wait for it.
     study.set_user_attr("reference_quality", metrics.get("quality", math.nan))
+
+
+def baseline_config(run: RunConfig) -> RunConfig:
+    """The paper's protocol (batch 1, fp32), measured in at least MIN_WINDOWS windows."""
+    return dataclasses.replace(run, batch_size=1, precision="fp32", repeats=max(run.repeats, MIN_WINDOWS),
+                               progress=False)
+
+
+def carbon_spread(run: Any) -> dict[str, Any]:
+    """A measurement's carbon per output over its windows, as stored on the study."""
+    m = run.data.metrics
+    return {"mean": m[OBJECTIVE_METRIC], "std": m.get(f"{OBJECTIVE_METRIC}_std", math.nan),
+            "n": int(m.get("windows", 1)), "contended": run.data.tags.get("tracker.measurement.contended") == "true",
+            "run_id": run.info.run_id}
+
+
+def _record_baseline(study: Any, run: Any) -> None:
+    study.set_user_attr(BASELINE_ATTR + run.info.run_id, carbon_spread(run))
+
+
+def baseline_spread(study: Any) -> Spread:
+    """Every baseline measurement's windows together; contended ones only when all were."""
+    measured = [v for k, v in study.user_attrs.items() if k.startswith(BASELINE_ATTR)]
+    if not measured and "baseline_emissions_g_per_output" in study.user_attrs:  # a study from before
+        return Spread(float(study.user_attrs["baseline_emissions_g_per_output"]), math.nan, 1)
+    quiet = [v for v in measured if not v.get("contended")] or measured
+    return pooled([Spread(v["mean"], v["std"], v["n"]) for v in quiet])
+
+
+def _spread(attrs: dict[str, Any]) -> Spread:
+    carbon = attrs.get("carbon") or {}
+    return Spread(carbon.get("mean", math.nan), carbon.get("std", math.nan), carbon.get("n", 0))
 
 
 def _wait_for_baseline(study: Any) -> Any:
@@ -318,7 +362,8 @@ def _wait_for_baseline(study: Any) -> Any:
 
 
 class _Objective:
-    """Measures one trial's settings in a child process and scores it."""
+    """Measures one trial's settings in a child process and scores it; every ``baseline_every``
+    trials of this worker, measures the baseline again."""
 
     def __init__(self, client: Any, config: TuneConfig, study: Any, parent_id: str, device: str) -> None:
         attrs = study.user_attrs
@@ -329,7 +374,8 @@ class _Objective:
         self.precisions = config.search_precisions(device)
         # Short windows are noisy: repeat the query phase until the baseline would fill the window.
         baseline_s = float(attrs.get("baseline_duration_s") or config.min_window_s)
-        self.repeats = max(config.run.repeats, math.ceil(config.min_window_s / max(baseline_s, 1e-3)))
+        self.repeats = max(config.run.repeats, MIN_WINDOWS, math.ceil(config.min_window_s / max(baseline_s, 1e-3)))
+        self.measured = 0
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
@@ -345,7 +391,12 @@ class _Objective:
             raise optuna.TrialPruned(f"batch {batch_size}, {precision} already measured by trial {earlier.number}")
         config = dataclasses.replace(self.config.run, batch_size=batch_size, precision=precision,
                                      repeats=self.repeats, progress=False)
-        result = measure_in_child(self.client, config, tags)
+        try:
+            result = self._measure(config, tags)
+        finally:
+            self.measured += 1
+            if self.measured % self.config.baseline_every == 0:
+                self._remeasure_baseline(trial.study)
         if result.status != "FINISHED":
             run_id = result.run.info.run_id
             self.client.set_tag(run_id, "tracker.tune.state", "FAIL")
@@ -359,6 +410,7 @@ class _Objective:
         trial.set_user_attr("run_id", result.run.info.run_id)
         trial.set_user_attr("quality", quality)
         trial.set_user_attr("energy_kwh_per_1k", metrics.get("energy_kwh_per_1k", math.nan))
+        trial.set_user_attr("carbon", carbon_spread(result.run))
         trial.set_user_attr("constraint", [constraint])
         # The sampler's view; a quality that could not be computed counts as far off.
         trial.set_constraint("quality", constraint if math.isfinite(constraint) else 1e12)
@@ -367,6 +419,33 @@ class _Objective:
         if self.config.objective == "pareto":
             return carbon, (quality if not math.isnan(quality) else -math.inf if self.higher_is_better else math.inf)
         return carbon
+
+    def _measure(self, config: RunConfig, tags: dict[str, str]) -> Any:
+        """One measurement; measured once more when other work contended it, keeping the quieter."""
+        result = measure_in_child(self.client, config, tags)
+        if result.status != "FINISHED" or result.run.data.tags.get("tracker.measurement.contended") != "true":
+            return result
+        logger.info("trial measurement %s was contended (%s); measuring it again", result.run.info.run_id,
+                    result.run.data.tags.get("tracker.measurement.contended_reason", ""))
+        again = measure_in_child(self.client, config, tags)
+        if again.status != "FINISHED":
+            return result
+        share = lambda r: r.run.data.metrics.get("background_cpu_share", math.inf)  # noqa: E731
+        kept, dropped = (again, result) if share(again) <= share(result) else (result, again)
+        self.client.set_tag(dropped.run.info.run_id, "tracker.tune.state", "REMEASURED")
+        self.client.set_tag(dropped.run.info.run_id, "tracker.tune.remeasured_by", kept.run.info.run_id)
+        return kept
+
+    def _remeasure_baseline(self, study: Any) -> None:
+        """The baseline again, between trials, so that it drifts with them; a failure is logged
+        and leaves the earlier measurements in use."""
+        result = measure_in_child(self.client, baseline_config(self.config.run), {
+            "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
+            "tracker.tune.baseline": "remeasured", "mlflow.parentRunId": self.parent_id})
+        if result.status == "FINISHED":
+            _record_baseline(study, result.run)
+        else:
+            logger.warning("the baseline measured again failed (%s); the earlier ones stay in use", result.reason)
 
 
 def _measured_before(trial: Any) -> Any:
@@ -409,12 +488,14 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     _close_orphans(client, study, parent_id)
     attrs = study.user_attrs
     best = best_trials(study)
-    baseline = float(attrs.get("baseline_emissions_g_per_output", math.nan))
+    baseline = baseline_spread(study)
     summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials),
-                               "baseline_emissions_g_per_output": baseline,
+                               "baseline_emissions_g_per_output": baseline.mean,
+                               "baseline_measurements": len([k for k in attrs if k.startswith(BASELINE_ATTR)]),
                                "reference_quality": attrs.get("reference_quality", math.nan)}
     now = int(time.time() * 1000)
-    metrics = {"baseline_emissions_g_per_output": baseline,
+    metrics = {"baseline_emissions_g_per_output": baseline.mean,
+               "baseline_measurements": float(summary["baseline_measurements"]),
                "reference_quality": float(attrs.get("reference_quality", math.nan)),
                "trials_total": float(len(study.trials)),
                "trials_feasible": float(len(feasible_trials(study)))}
@@ -422,16 +503,24 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     if best:
         top = best[0]
         carbon = top.values[0]
+        top_spread = _spread(top.user_attrs)
+        ratio, low, high = ratio_interval(baseline, top_spread if top_spread.n else Spread(carbon, math.nan, 1))
         summary.update(best_params=top.params, best_trial=top.number, best_emissions_g_per_output=carbon,
-                       best_quality=top.user_attrs.get("quality"), carbon_reduction_x=baseline / carbon,
+                       best_quality=top.user_attrs.get("quality"), carbon_reduction_x=ratio,
+                       carbon_reduction_x_ci95=(low, high),
                        pareto=[{"trial": t.number, **t.params, "emissions_g_per_output": t.values[0],
                                 "quality": t.user_attrs.get("quality")} for t in best])
         metrics.update(best_emissions_g_per_output=carbon, best_quality=float(top.user_attrs.get("quality", math.nan)),
-                       best_batch_size=float(top.params["batch_size"]), carbon_reduction_x=baseline / carbon)
+                       best_batch_size=float(top.params["batch_size"]), carbon_reduction_x=ratio,
+                       carbon_reduction_x_ci95_low=low, carbon_reduction_x_ci95_high=high)
         tags = {"tracker.tune.best.batch_size": str(top.params["batch_size"]),
                 "tracker.tune.best.precision": top.params["precision"],
                 "tracker.tune.best.trial": str(top.number),
                 "tracker.tune.best.run_id": top.user_attrs.get("run_id", "")}
+        tie = _tie(study, top) if len(study.directions) == 1 else None
+        if tie:
+            summary["tie"] = tie
+            tags["tracker.tune.best.tie"] = tie
     else:
         tags = {"tracker.tune.best": "none: no feasible trial yet"}
     client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
@@ -439,6 +528,23 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     client.log_text(parent_id, trials_table(study), "trials.csv")
     _log_plots(client, study, parent_id)
     return summary
+
+
+def _tie(study: Any, best: Any) -> str | None:
+    """The runner-up, in words, when its 95% interval overlaps the best's: within the measured
+    spread, so the search cannot tell them apart."""
+    others = [t for t in feasible_trials(study) if t.params != best.params and t.values]
+    if not others:
+        return None
+    runner = min(others, key=lambda t: t.values[0])
+    a, b = _spread(best.user_attrs), _spread(runner.user_attrs)
+    if not a.overlaps(b):
+        return None
+    (a_low, a_high), (b_low, b_high) = a.ci95, b.ci95
+    return (f"batch {best.params['batch_size']}, {best.params['precision']} (trial {best.number}) and batch "
+            f"{runner.params['batch_size']}, {runner.params['precision']} (trial {runner.number}) are within the "
+            f"measured spread: 95% intervals {a_low:.3g} to {a_high:.3g} and {b_low:.3g} to {b_high:.3g} "
+            f"gCO2eq per output overlap")
 
 
 def _close_orphans(client: Any, study: Any, parent_id: str) -> None:
