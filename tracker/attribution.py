@@ -33,6 +33,9 @@ from tracker.readings import GpuState, Snapshot, rapl_delta_uj
 # Other processes using at least this share of the machine's CPU time make a window contended:
 # above the few percent an idle system's own daemons use, below one busy core on a 8-core machine.
 CONTENDED_BACKGROUND_SHARE = 0.10
+# ... and at least this many CPU-seconds: the kernel counts in 10 ms ticks, so over a window of a
+# few ticks one tick of a daemon's work would read as a large share.
+CONTENDED_MIN_BACKGROUND_S = 0.05
 UJ_PER_KWH = 3.6e12
 MJ_PER_KWH = 3.6e9
 
@@ -82,6 +85,20 @@ class Window:
                    background_gpu_processes=gpu_processes, gpu_counter_kwh=gpu_kwh, gpu_reason=gpu_reason,
                    rapl_cpu_kwh=rapl)
 
+    def __add__(self, other: Window) -> Window:
+        """Several windows as one: their times and counters summed, other GPU processes at most."""
+        def both(a: float | None, b: float | None) -> float | None:
+            return None if a is None or b is None else a + b
+
+        gpu = [w.background_gpu_processes for w in (self, other) if w.background_gpu_processes is not None]
+        return Window(duration_s=self.duration_s + other.duration_s, own_cpu_s=self.own_cpu_s + other.own_cpu_s,
+                      machine_busy_cpu_s=self.machine_busy_cpu_s + other.machine_busy_cpu_s,
+                      machine_total_cpu_s=self.machine_total_cpu_s + other.machine_total_cpu_s,
+                      background_gpu_processes=max(gpu) if gpu else None,
+                      gpu_counter_kwh=both(self.gpu_counter_kwh, other.gpu_counter_kwh),
+                      gpu_reason="; ".join(filter(None, {self.gpu_reason, other.gpu_reason})),
+                      rapl_cpu_kwh=both(self.rapl_cpu_kwh, other.rapl_cpu_kwh))
+
     @property
     def host_share(self) -> float:
         """This process tree's share of the CPU time every process used, 0 to 1.
@@ -129,7 +146,8 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
 def contention(window: Window) -> str | None:
     """Why the window was contended, in words; None when the run had its resources to itself."""
     reasons = []
-    if window.background_cpu_share >= CONTENDED_BACKGROUND_SHARE:
+    if (window.background_cpu_share >= CONTENDED_BACKGROUND_SHARE
+            and window.background_cpu_s >= CONTENDED_MIN_BACKGROUND_S):
         reasons.append(f"other processes used {window.background_cpu_share:.0%} of the machine's CPU time "
                        f"({window.background_cpu_s:.1f} CPU-s against this run's {window.own_cpu_s:.1f} "
                        f"in {window.duration_s:.1f} s)")

@@ -23,7 +23,7 @@ from tracker.carbon import resolve_location
 from tracker.config import RunConfig
 from tracker.data import Columns, load_dataset
 from tracker.errors import ConfigError
-from tracker.attribution import CONTENDED_BACKGROUND_SHARE, relative_difference
+from tracker.attribution import CONTENDED_BACKGROUND_SHARE, contention, relative_difference
 from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.models import resolve_model
 from tracker.multipurpose import decide_kind
@@ -212,12 +212,14 @@ def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attr
     if windows:
         shares = ", ".join(f"{w.host_share:.2f}" for w in windows)
         tags["tracker.energy.attribution"] = f"{attribution}; share of busy CPU time per window: {shares}"
-    contended = [(i, q.reading.contended) for i, q in enumerate(queries, 1) if q.reading.contended]
-    tags["tracker.measurement.contended"] = str(bool(contended)).lower()
-    if contended:
-        reason = (f"{len(contended)} of {len(queries)} query window(s) contended; window {contended[0][0]}: "
-                  f"{contended[0][1]}. energy_kwh is this run's share; machine_energy_kwh is all of it. "
-                  "For a cleaner figure, measure on a quiet machine or pass --wait-for-quiet SECONDS")
+    # Judged over the whole query phase: a window of a few clock ticks is too short to judge alone.
+    overall = contention(sum(windows[1:], windows[0])) if windows else None
+    tags["tracker.measurement.contended"] = str(overall is not None).lower()
+    if overall:
+        single = sum(q.reading.contended is not None for q in queries)
+        reason = (f"over the {len(queries)} query window(s), {overall} ({single} window(s) contended on their "
+                  "own). energy_kwh is attributed to this run; machine_energy_kwh is all the meter saw. For a "
+                  "cleaner figure, measure on a quiet machine or pass --wait-for-quiet SECONDS")
         tags["tracker.measurement.contended_reason"] = reason
         tags["mlflow.note.content"] = (note + "\n\n" if note else "") + f"CONTENDED: {reason}."
     covered = sum(q.reading.energy.duration_s for q in queries)
