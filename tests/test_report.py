@@ -48,7 +48,7 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     a1 = make_run(client, task="text-classification", model="m1", dataset="imdb", kwh_per_1k=1.0, quality=0.80,
                   parameters=66e6)
     make_run(client, task="text-classification", model="m1", dataset="imdb", kwh_per_1k=3.0, quality=0.90,
-             parameters=66e6)
+             parameters=66e6, tags={"tracker.measurement.contended": "true"})
     make_run(client, task="text-classification", model="m1", dataset="sst2", kwh_per_1k=5.0, quality=0.70)
     make_run(client, task="text-classification", model="m2", dataset="imdb", kwh_per_1k=10.0, quality=0.95,
              kind="multi-purpose", parameters=250e6)
@@ -67,7 +67,8 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
 
     models = pd.read_csv(out / "models.csv")
     row = models[(models["model"] == "m1") & (models["dataset"] == "imdb")].iloc[0]
-    assert row["runs"] == 2
+    assert row["runs"] == 2 and row["contended_runs"] == 1
+    assert models[models["model"] == "m2"].iloc[0]["contended_runs"] == 0
     assert (row["kwh_per_1k_mean"], row["kwh_per_1k_min"], row["kwh_per_1k_max"]) == pytest.approx((2.0, 1.0, 3.0))
     assert row["g_co2_per_1k_mean"] == pytest.approx(2.0 * 0.4 * 1000)
     assert row["quality"] == pytest.approx(0.85)
@@ -104,6 +105,7 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert "| text-classification | 2 | 4 | 4.75 | 3 | 10 |" in summary
     assert summary.index("| IND (713 g/kWh) | FRA (56 g/kWh) |") > 0  # in the order the user named them
     assert "Left out: 1 runs of a search" in summary
+    assert "Contended: 1 of 7 runs" in summary
     # a task whose runs were obtained in different ways says so
     assert tasks.loc["summarization", "energy_method"] == (
         "CPU modelled, RAM modelled, GPU absent; imported CodeCarbon 2.3.1 record")

@@ -107,14 +107,23 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
         f"read from the MLflow experiments {', '.join(f'`{e}`' for e in experiments)} on {generated}."
         + "".join(f" Left out: {n} {reason}." for reason, n in runs.attrs.get("left_out", {}).items()),
         "Energy: " + "; ".join(f"{m} ({n} runs)" for m, n in methods.items()) + ". The runs' tags "
-        "(`tracker.energy.*.method`) say more. Modelled figures (CPU: TDP x load; RAM: a rule of thumb "
-        "from its size) compare only with figures obtained the same way.",
+        "(`tracker.energy.*.method`, `tracker.energy.attribution`) say more. Measured runs report the energy "
+        "attributed to the run, not the whole machine's (`machine_energy_kwh`). Modelled figures (CPU: "
+        "CodeCarbon's load curve over a TDP; RAM: a rule of thumb from its size) compare only with figures "
+        "obtained the same way.",
         "Energy per 1,000 inferences is the query phase's (model loading excluded), as in the paper."
         + ("" if scopes <= {"query phase"} else " Except: runs imported from records without phase rows "
            "cover loading and querying together (energy_scope)."),
         f"A phone charge is {tables.PHONE_CHARGE_KWH} kWh. Stars rate each task's compared model rows in five "
         "equal bands of their range of energy per 1,000 inferences, 5 the lowest (after AI Energy Score).",
     ])
+    contended = int(runs["contended"].sum())
+    if contended:
+        overview.paragraphs.append(
+            f"Contended: {contended} of {len(runs)} runs were measured while other processes used a material "
+            "share of the machine's CPU or the run's GPU (tag `tracker.measurement.contended`, with the reason). "
+            "Their energy is the part attributed to the run, but less reliable; `contended_runs` in the Models "
+            "table counts them per row. Measure them again on a quiet machine (`--wait-for-quiet`).")
     for task in task_table[task_table["energy_method"].str.contains(";")].itertuples():
         overview.paragraphs.append(
             f"Mixed: {task.task} averages runs whose energy was obtained in different ways "

@@ -79,6 +79,7 @@ def _row(run: Any, experiment: str) -> dict[str, Any] | None:
         "quality_meaningful": tags.get("tracker.quality.meaningful") == "true",
         "parameters": metrics.get("model_parameters", math.nan),
         "energy_scope": tags.get("tracker.energy.scope", "query phase"),
+        "contended": tags.get("tracker.measurement.contended") == "true",
         "source": "imported" if imported else "measured",
         "energy_method": (f"imported CodeCarbon {tags.get('tracker.import.codecarbon_version', '?')} record"
                           if imported else _method(tags)),

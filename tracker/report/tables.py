@@ -10,7 +10,7 @@ from typing import Any
 PHONE_CHARGE_KWH = 0.012
 STAR_BANDS = 5
 MODEL_KEY = ["task", "model", "dataset", "batch_size", "precision"]
-MODEL_COLUMNS = MODEL_KEY + ["kind", "runs", "kwh_per_1k_mean", "kwh_per_1k_min", "kwh_per_1k_max",
+MODEL_COLUMNS = MODEL_KEY + ["kind", "runs", "contended_runs", "kwh_per_1k_mean", "kwh_per_1k_min", "kwh_per_1k_max",
                              "g_co2_per_1k_mean", "quality", "quality_metric", "quality_meaningful",
                              "phone_charges_per_1k", "stars", "parameters", "energy_scope", "source",
                              "energy_method"]
@@ -26,7 +26,8 @@ def models_table(runs: Any) -> Any:
     """
     grouped = runs.groupby(MODEL_KEY, sort=False, dropna=False)
     table = grouped.agg(
-        kind=("kind", _joined), runs=("run_id", "count"), kwh_per_1k_mean=("kwh_per_1k", "mean"),
+        kind=("kind", _joined), runs=("run_id", "count"), contended_runs=("contended", "sum"),
+        kwh_per_1k_mean=("kwh_per_1k", "mean"),
         kwh_per_1k_min=("kwh_per_1k", "min"), kwh_per_1k_max=("kwh_per_1k", "max"),
         g_co2_per_1k_mean=("g_co2_per_1k", "mean"), quality=("quality", "mean"),
         quality_metric=("quality_metric", _joined), quality_meaningful=("quality_meaningful", "all"),
