@@ -82,7 +82,7 @@ def _relay(command: list[str]) -> tuple[int, str]:
     """Run the child, passing its stderr through; its exit code and the line that says why it
     failed (our one-line error, else the last line, such as a traceback's exception)."""
     error = last = ""
-    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, bufsize=1,
+    with subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
                           preexec_fn=_die_with_parent) as child:
         assert child.stderr is not None
         for line in child.stderr:

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="measure one model on one task and log it to MLflow")
     _add_flags(run, RUN_FLAGS)
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    _add_trust_flag(run)
     run.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
                      help="add a tag to the run (repeatable)")
     commands.add_parser("tasks", help="list the tasks with their default models and datasets")
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
     _add_flags(tune, {k: v for k, v in RUN_FLAGS.items() if k not in ("batch_size", "precision")})
     _add_flags(tune, TUNE_FLAGS)
+    _add_trust_flag(tune)
 
     records = commands.add_parser("import-codecarbon", help="turn CodeCarbon records (emissions.csv) into runs")
     records.add_argument("files", nargs="+", help="emissions.csv files, one complete record (run) per row")
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-tag-runs", dest="tag_runs", action="store_false",
                         help="do not tag the compared runs with their stars")
     return parser
+
+
+def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", nargs="?", const="true", default=None, metavar="true|false",
+                        help="let a model's own code (config.json auto_map) run: only for code you trust "
+                             "(default: refused)")
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
@@ -283,10 +291,9 @@ def _listed(text: str) -> tuple[str, ...]:
 
 
 def _flag(name: str, value: str) -> bool:
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{name} takes true or false, got '{value}'")
-    return text in ("true", "1", "yes")
+    from tracker.config import boolean
+
+    return boolean(name, value)
 
 
 def _list_tasks() -> int:

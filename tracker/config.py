@@ -45,6 +45,7 @@ class RunConfig:
     experiment: str | None = None  # None: named after the task
     seed: int = 0
     tracking_mode: str = "machine"
+    trust_remote_code: bool = False  # let a model's own code (auto_map, custom pipelines) run
     text_column: str | None = None
     target_column: str | None = None
     progress: bool = True
@@ -64,6 +65,8 @@ class RunConfig:
                               ("num_inference_steps", 1)):
             if name in values:
                 values[name] = _integer(name, values[name], minimum)
+        if "trust_remote_code" in values:
+            values["trust_remote_code"] = boolean("--trust-remote-code", values["trust_remote_code"])
         for name in ("carbon_intensity", "guidance_scale", "min_duration_s", "wait_for_quiet"):
             if name in values:
                 values[name] = _number(name, values[name])
@@ -109,12 +112,22 @@ class RunConfig:
         # keys were first logged count only when set, so earlier runs keep matching.
         measured = {k: v for k, v in self.as_dict().items()
                     if k not in ("progress", "experiment", "wait_for_quiet")
-                    and not (k == "min_duration_s" and v == 0)}
+                    and not (k == "min_duration_s" and v == 0) and not (k == "trust_remote_code" and not v)}
         return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def boolean(name: str, value: Any) -> bool:
+    """true/false, 1/0, yes/no (any case), or a bool."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name} takes true or false, got '{value}'")
+    return text in ("true", "1", "yes")
 
 
 def _integer(name: str, value: Any, minimum: int) -> int:

@@ -14,14 +14,13 @@ from typing import Literal
 
 from tracker.builtin import BUILTIN_MODEL, build_once, builtin_dataset_file, read_rows
 from tracker.errors import ModelLoadError
+from tracker.remote_code import TRUST_FLAG, custom_code
 from tracker.tasks.base import Task, texts_of
 
 logger = logging.getLogger(__name__)
 
 ModelSource = Literal["hub", "local", "package", "builtin-tiny"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
 @dataclass(frozen=True)
 class ModelChoice:
     name: str  # the `model` param: a Hub id, a path, or builtin-tiny
@@ -34,7 +33,8 @@ class ModelChoice:
         return self.source != "hub"
 
 
-def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool) -> ModelChoice:
+def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool,
+                  trust_remote_code: bool = False) -> ModelChoice:
     from tracker.multipurpose import BUILTINS
 
     if requested == BUILTIN_MODEL:
@@ -53,6 +53,11 @@ def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool) -> 
                 f"model folder '{requested}' has no config.json; pass a folder written by "
                 f"save_pretrained, a Hugging Face Hub id, or {BUILTIN_MODEL}"
             )
+        code = custom_code(path)
+        if code and not trust_remote_code:
+            raise ModelLoadError(
+                f"model folder '{requested}' ships its own code ({code}), which runs only with "
+                f"{TRUST_FLAG}: pass it only if you trust that code")
         return ModelChoice(str(path.resolve()), str(path.resolve()), "local")
     if requested.startswith((".", "/", "~")) or not _HUB_ID.match(requested):
         raise ModelLoadError(

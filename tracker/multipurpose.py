@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from tracker.errors import ConfigError, ModelLoadError
 from tracker.models import ModelChoice
+from tracker.remote_code import pretrained
 from tracker.tasks.base import (BatchOutput, GenerationSettings, LoadedModel, Task, decode_generated,
                                 pad_on_the_left)
 
@@ -73,7 +74,7 @@ def language_model_architecture(model: ModelChoice) -> Architecture | None:
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(model.location, local_files_only=model.local_only)
+        config = pretrained(AutoConfig, model.location, local_files_only=model.local_only)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"cannot read the config of model '{model.name}': {err}") from err
     names = " ".join(getattr(config, "architectures", None) or [])
@@ -94,14 +95,14 @@ class PromptedModel:
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         import transformers
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        tokenizer = pretrained(transformers.AutoTokenizer, source, local_files_only=local_only)
         tokenizer.truncation_side = "left"
         if self.architecture == "causal":
             pad_on_the_left(tokenizer)
             auto_class = transformers.AutoModelForCausalLM
         else:
             auto_class = transformers.AutoModelForSeq2SeqLM
-        model = auto_class.from_pretrained(source, local_files_only=local_only)
+        model = pretrained(auto_class, source, local_files_only=local_only)
         return LoadedModel(model=model.eval(), tokenizer=tokenizer)
 
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,

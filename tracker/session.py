@@ -28,6 +28,7 @@ from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.models import resolve_model
 from tracker.multipurpose import decide_kind
 from tracker.precision import ensure_supported
+from tracker.remote_code import remote_code
 from tracker.runner import RunOutcome, RunPlan, execute
 from tracker.signals import interrupts_raise
 from tracker.summary import run_metrics
@@ -60,8 +61,9 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     device = resolve_device(config.device)
     precision_probe = ensure_supported(device, config.precision)
     reachable = hub.prepare()
-    model = resolve_model(task, config.model, hub_reachable=reachable)
-    kind = decide_kind(task, model, config.model_kind)
+    model = resolve_model(task, config.model, hub_reachable=reachable, trust_remote_code=config.trust_remote_code)
+    with remote_code(config.trust_remote_code):
+        kind = decide_kind(task, model, config.model_kind)
     dataset = load_dataset(task, config.dataset, config.n_samples, hub_reachable=reachable,
                            columns=Columns(config.text_column, config.target_column))
     settings = GenerationSettings(max_new_tokens=config.max_new_tokens, image_size=config.image_size,
@@ -74,6 +76,8 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     _seed(config.seed)
 
     tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()} | (tags or {})
+    if config.trust_remote_code:
+        tags["tracker.model.trust_remote_code"] = "true: the model's own code was allowed to run"
     if precision_probe.env:
         tags["tracker.precision.note"] = " ".join(f"{k}={v}" for k, v in precision_probe.env.items())
     meter = EnergyMeter(location=location, device=device,
@@ -86,7 +90,8 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
                                               "resolved_device": device}, "config.json")
         outcome = RunOutcome()
         try:
-            with interrupts_raise(), _progress_bar(config, dataset.name) as progress:
+            with interrupts_raise(), remote_code(config.trust_remote_code), \
+                    _progress_bar(config, dataset.name) as progress:
                 execute(plan, meter, outcome, progress)
         finally:
             meter.close()

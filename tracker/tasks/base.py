@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tracker.remote_code import pretrained
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -116,10 +118,10 @@ class Task(ABC):
         (fp32, CPU, eval mode)."""
         import transformers
 
-        prepare = getattr(transformers, self.preprocessor_class).from_pretrained(
-            source, local_files_only=local_only)
-        model = getattr(transformers, self.auto_model_class).from_pretrained(
-            source, local_files_only=local_only)
+        prepare = pretrained(getattr(transformers, self.preprocessor_class), source,
+                             local_files_only=local_only)
+        model = pretrained(getattr(transformers, self.auto_model_class), source,
+                           local_files_only=local_only)
         if self.preprocessor_class == "AutoTokenizer":
             return LoadedModel(model=model.eval(), tokenizer=prepare)
         return LoadedModel(model=model.eval(), processor=prepare)

@@ -9,6 +9,7 @@ from typing import Any
 from tracker import quality
 from tracker.builtin import train_tokenizer
 from tracker.media import load_image, write_scenes
+from tracker.remote_code import pretrained
 from tracker.tasks import register
 from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
                                 decode_generated, input_dtype, texts_of)
@@ -44,12 +45,12 @@ class ImageToText(Task):
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         import transformers
 
-        processor = transformers.AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-        config = transformers.AutoConfig.from_pretrained(source, local_files_only=local_only)
+        processor = pretrained(transformers.AutoImageProcessor, source, local_files_only=local_only)
+        tokenizer = pretrained(transformers.AutoTokenizer, source, local_files_only=local_only)
+        config = pretrained(transformers.AutoConfig, source, local_files_only=local_only)
         auto_class = (transformers.VisionEncoderDecoderModel if config.model_type == "vision-encoder-decoder"
                       else transformers.AutoModelForImageTextToText)
-        model = auto_class.from_pretrained(source, local_files_only=local_only)
+        model = pretrained(auto_class, source, local_files_only=local_only)
         return LoadedModel(model=model.eval(), tokenizer=tokenizer, processor=processor)
 
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,

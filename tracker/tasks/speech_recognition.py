@@ -8,6 +8,7 @@ from typing import Any
 
 from tracker import quality
 from tracker.media import SAMPLING_RATE, load_audio, speak, write_wav
+from tracker.remote_code import pretrained
 from tracker.tasks import register
 from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, input_dtype
 from tracker.tasks.prose import sentence
@@ -36,11 +37,11 @@ class SpeechRecognition(Task):
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         import transformers
 
-        processor = transformers.AutoProcessor.from_pretrained(source, local_files_only=local_only)
-        config = transformers.AutoConfig.from_pretrained(source, local_files_only=local_only)
+        processor = pretrained(transformers.AutoProcessor, source, local_files_only=local_only)
+        config = pretrained(transformers.AutoConfig, source, local_files_only=local_only)
         auto_class = (transformers.AutoModelForSpeechSeq2Seq if config.is_encoder_decoder
                       else transformers.AutoModelForCTC)
-        model = auto_class.from_pretrained(source, local_files_only=local_only)
+        model = pretrained(auto_class, source, local_files_only=local_only)
         return LoadedModel(model=model.eval(), processor=processor)
 
     def predict(self, loaded: LoadedModel, inputs: list[Any], settings: GenerationSettings,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.builtin import train_tokenizer
+from tracker.remote_code import pretrained
 from tracker.tasks import register
 from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 
@@ -59,7 +60,7 @@ class TextToImage(Task):
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         from diffusers import DiffusionPipeline
 
-        pipeline = DiffusionPipeline.from_pretrained(source, local_files_only=local_only)
+        pipeline = pretrained(DiffusionPipeline, source, local_files_only=local_only)
         pipeline.set_progress_bar_config(disable=True)
         return LoadedModel(model=pipeline)
 
@@ -134,8 +135,8 @@ def clip_scores(source: str, images: list[Any], prompts: list[str], batch_size: 
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(source).eval()
-    processor = CLIPProcessor.from_pretrained(source)
+    model = pretrained(CLIPModel, source).eval()
+    processor = pretrained(CLIPProcessor, source)
     scores: list[float] = []
     for i in range(0, len(images), batch_size):
         encoded = processor(text=prompts[i:i + batch_size], images=images[i:i + batch_size],

@@ -1,0 +1,99 @@
+"""Faults a real user meets, each done for real: the README's promises under them.
+
+So far: a model folder whose own code would run (and write a marker file), impossible numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import all_runs, subprocess_env
+
+EVIL = '''
+from pathlib import Path
+Path({marker!r}).write_text("the model folder's own code ran")
+from transformers import DistilBertForSequenceClassification
+
+
+class EvilModel(DistilBertForSequenceClassification):
+    pass
+'''
+
+
+def _folder_with_its_own_code(tmp_path: Path) -> tuple[Path, Path]:
+    """The built-in tiny classifier, copied, with an auto_map to a modeling file that writes a
+    marker when imported: what a downloaded model with custom code looks like."""
+    from tracker.models import builtin_model
+    from tracker.tasks import get_task
+
+    folder = tmp_path / "model-with-code"
+    shutil.copytree(builtin_model(get_task("text-classification")).location, folder)
+    marker = tmp_path / "marker.txt"
+    (folder / "modeling_evil.py").write_text(EVIL.format(marker=str(marker)))
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForSequenceClassification": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, marker
+
+
+def _tracker(*args: str, stdin: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tracker", *args], input=stdin, capture_output=True, text=True,
+                          env=env or subprocess_env(), timeout=600)
+
+
+@pytest.mark.slow
+def test_a_model_folders_own_code_never_runs_without_the_flag_even_on_a_y(tmp_path, client):
+    folder, marker = _folder_with_its_own_code(tmp_path)
+    args = ("run", "--task", "text-classification", "--dataset", "builtin", "--n-samples", "4", "--no-progress",
+            "--model", str(folder))
+    refused = _tracker(*args, stdin="y\ny\ny\n")  # transformers' prompt, answered yes, as `yes y |` would
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert not marker.exists()
+    [line] = [line for line in refused.stderr.splitlines() if line.startswith("tracker: error:")]
+    assert "--trust-remote-code" in line and "auto_map" in line
+    assert "Traceback" not in refused.stderr
+    assert all_runs(client) == []  # refused before any run
+
+    allowed = _tracker(*args, "--trust-remote-code")
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert marker.exists()  # the flag is what lets it run: the refusal was not a broken load
+    [run] = all_runs(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["tracker.model.trust_remote_code"].startswith("true")
+
+
+def test_every_load_states_trust_remote_code_so_transformers_never_asks(monkeypatch):
+    from tracker.errors import ModelLoadError
+    from tracker.remote_code import pretrained, remote_code
+
+    seen = []
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(source, **kwargs):
+            seen.append(kwargs["trust_remote_code"])
+            if not kwargs["trust_remote_code"]:
+                raise ValueError("The repository contains custom code ... pass `trust_remote_code=True`")
+            return "loaded"
+
+    with pytest.raises(ModelLoadError, match="--trust-remote-code"):
+        pretrained(Loader, "org/model")
+    with remote_code(True):
+        assert pretrained(Loader, "org/model") == "loaded"
+    assert seen == [False, True]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-5"])
+def test_impossible_carbon_intensities_are_refused_in_one_line(cli, client, value):
+    code, _, err = cli("run", "--task", "text-classification", f"--carbon-intensity={value}", "--no-progress")
+    assert code == 2
+    ours = [line for line in err.splitlines() if line.startswith("tracker:")]
+    assert len(ours) == 1 and "--carbon-intensity must be a finite number >= 0" in ours[0]
+    assert "Traceback" not in err
+    assert all_runs(client) == []
