@@ -97,3 +97,30 @@ def test_impossible_carbon_intensities_are_refused_in_one_line(cli, client, valu
     assert len(ours) == 1 and "--carbon-intensity must be a finite number >= 0" in ours[0]
     assert "Traceback" not in err
     assert all_runs(client) == []
+
+
+@pytest.mark.slow
+def test_eight_processes_at_once_on_a_fresh_sqlite_store(tmp_path, client):
+    """MLflow migrates a new store on first open; eight at once used to crash and break it."""
+    import os
+
+    store = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # not even its folder exists yet
+    env = subprocess_env(MLFLOW_TRACKING_URI=store)
+    command = [sys.executable, "-m", "tracker", "run", "--task", "text-classification", "--dataset", "builtin",
+               "--model", "builtin-tiny", "--n-samples", "4", "--warmup", "0", "--no-progress", "--country", "FRA"]
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+    try:
+        outcomes = [p.communicate(timeout=600) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    failures = [err[-1500:] for p, (_, err) in zip(processes, outcomes) if p.returncode != 0]
+    assert not failures, failures[0]
+    from mlflow import MlflowClient
+
+    later = MlflowClient(tracking_uri=store)  # the store is whole for every later command
+    runs = later.search_runs([later.get_experiment_by_name("text-classification").experiment_id])
+    assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+    assert os.path.exists(f"{tmp_path}/fresh/mlflow.db.lock")

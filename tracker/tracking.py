@@ -15,6 +15,7 @@ import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +33,8 @@ def check_tracking_server(timeout_s: float = 5.0) -> str:
     import mlflow
 
     uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        prepare_sqlite_store(uri)
     if not uri.startswith(("http://", "https://")):
         return uri
     try:
@@ -46,6 +49,31 @@ def check_tracking_server(timeout_s: float = 5.0) -> str:
             f"the local store"
         ) from err
     return uri
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Open a SQLite store once under a lock on ``<file>.lock``, so that of several processes
+    starting on a new (or older) store one creates or migrates its schema and the others wait for
+    it, instead of racing through MLflow's migrations and leaving the store broken for good."""
+    import fcntl
+
+    from mlflow.tracking._model_registry.utils import _get_store as registry_store
+    from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
+
+    database = Path(uri.removeprefix("sqlite:///")).expanduser()
+    database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = open(database.with_name(database.name + ".lock"), "a")
+    except OSError:  # a read-only folder: nothing can be migrated there, opening tells why
+        handle = None
+    try:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        tracking_store(uri)  # creates or migrates the schema, once, while the others wait
+        registry_store(uri)
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 class RunRecorder:
