@@ -132,6 +132,9 @@ def test_importing_the_same_records_twice_adds_nothing(cli, client, tmp_path):
     ("phase-file-as-record", "holds phase records"),
     ("missing-column", "no column gpu_energy"),
     ("not-a-number", "has no number in cpu_energy"),
+    ("negative", "line 2: record r1 has an impossible value in cpu_energy ('-0.001')"),
+    ("infinite", "has an impossible value in ram_energy ('inf')"),
+    ("nan", "has no number in emissions ('NaN')"),
     ("unknown-phase", "is neither loading nor querying"),
     ("record-as-phase-file", "has no task_name column"),
     ("no-such-file", "does not exist"),
@@ -147,6 +150,12 @@ def test_bad_records_are_refused_before_any_run(cli, client, tmp_path, problem, 
         write(records, [{k: v for k, v in good.items() if k != "gpu_energy"}])
     elif problem == "not-a-number":
         write(records, [good | {"cpu_energy": "abc"}])
+    elif problem == "negative":
+        write(records, [good | {"cpu_energy": "-0.001"}])
+    elif problem == "infinite":
+        write(records, [good | {"ram_energy": "inf"}])
+    elif problem == "nan":
+        write(records, [good | {"emissions": "NaN"}])
     elif problem == "unknown-phase":
         phases = ["--phases", str(write(tmp_path / "phases.csv", [{"task_name": "warm up", **good}]))]
     elif problem == "record-as-phase-file":

@@ -219,11 +219,14 @@ def _read(path: Path, *, phases: bool) -> list[dict[str, str]]:
         raise ConfigError(f"'{path}' holds phase records (a task_name column): pass it with --phases, "
                           "and the complete records (one row per run) as FILES")
     rows = frame.to_dict("records")
-    for row in rows:
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
         for column in ("cpu_energy", "gpu_energy", "ram_energy", "emissions", "duration"):
-            if math.isnan(_number(row, column)):
-                raise ConfigError(f"'{path}': record {row.get('run_id') or row['project_name']} has no "
-                                  f"number in {column} ('{row[column]}')")
+            value = _number(row, column)
+            if not (math.isfinite(value) and value >= 0):  # no energy is negative, infinite or missing
+                what = "no number" if math.isnan(value) else "an impossible value"
+                raise ConfigError(f"'{path}' line {line}: record {row.get('run_id') or row['project_name']} has "
+                                  f"{what} in {column} ('{row[column]}'); a finite number >= 0 is needed: "
+                                  "correct the record or leave it out")
     return rows
 
 
