@@ -85,10 +85,18 @@ def test_a_run_made_by_hand_counts_as_done(cli, client, hermetic):
     ("task: summarization\nmodels: [builtin-tiny]\nparams: {batch_size: 0}\n", "--batch-size"),
     ("task: summarization\nmodel: [builtin-tiny]\n", "needs 'task'"),
     ("task: [unclosed\n", "not valid YAML"),
+    # wrong types: a string where a list belongs used to run once per character
+    ("task: summarization\nmodels: some-id\n", "'models' must be a list, got str 'some-id'"),
+    ("task: summarization\nmodels: 42\n", "'models' must be a list, got int"),
+    ("task: summarization\nmodels: [builtin-tiny]\nparams: [batch_size, 8]\n", "'params' must be a mapping"),
+    ("task: summarization\nmodels: [builtin-tiny]\nexperiment: [a, b]\n", "'experiment' must be a name"),
+    ("task: summarization\nmodels: [builtin-tiny]\ndatasets: builtin\n", "'datasets' must be a list"),
+    ("task: summarization\nmodels: [{model: [a]}]\n", "models[0] must be a model name"),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not a text file"),
 ])
 def test_bad_definition_is_one_clear_line_and_runs_nothing(cli, client, hermetic, content, message):
     path = hermetic / "bad.yaml"
-    path.write_text(content)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     code, _, err = cli("study", str(path))
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]

@@ -63,6 +63,9 @@ def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"study definition '{path}' not found; pass a file such as experiments/summarization.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"study definition '{path}' is not a text file; pass a YAML file such as "
+                          "experiments/summarization.yaml") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"study definition '{path}' is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(raw, dict) or "task" not in raw or not raw.get("models"):
@@ -71,6 +74,7 @@ def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -
     if unknown:
         raise ConfigError(f"study definition '{path}': unknown key(s) {', '.join(sorted(unknown))}; "
                           f"use {', '.join(sorted(_DEFINITION_KEYS))}")
+    _check_types(path, raw)
     params = dict(raw.get("params") or {}) | dict(overrides or {})
     datasets = raw.get("datasets") or [None]
     combinations = []
@@ -86,6 +90,34 @@ def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -
                 raise ConfigError(f"study definition '{path}', model {model_params.get('model')}: {err}") from err
             combinations.append(Combination(config, f"{config.model} · {config.dataset or 'default'}"))
     return StudyDefinition(path.stem, raw["task"], combinations, str(raw.get("description") or ""))
+
+
+# What each key holds; a string where a list belongs would otherwise run once per character.
+_NAME, _NAMES, _MAPPING = "a name (a string)", "a list", "a mapping of run parameters (key: value)"
+_KEY_TYPES = {"task": _NAME, "experiment": _NAME, "description": _NAME, "models": _NAMES,
+              "datasets": _NAMES, "params": _MAPPING}
+
+
+def _check_types(path: Path, raw: dict[str, Any]) -> None:
+    """One line naming the key whose value has the wrong shape."""
+    def wrong(key: str, value: Any) -> ConfigError:
+        return ConfigError(f"study definition '{path}': '{key}' must be {_KEY_TYPES[key]}, "
+                           f"got {type(value).__name__} {str(value)[:60]!r}")
+
+    shapes = {_NAME: str, _NAMES: list, _MAPPING: dict}
+    for key, value in raw.items():
+        if value is not None and not isinstance(value, shapes[_KEY_TYPES[key]]):
+            raise wrong(key, value)
+    for i, entry in enumerate(raw["models"]):
+        model = entry.get("model") if isinstance(entry, dict) else entry
+        if not isinstance(model, str) or (isinstance(entry, dict) and
+                                          not isinstance(entry.get("datasets", []) or [], list)):
+            raise ConfigError(f"study definition '{path}': models[{i}] must be a model name or a mapping with "
+                              f"'model' (a name) and optionally 'datasets' (a list), got {str(entry)[:60]!r}")
+    for i, dataset in enumerate(raw.get("datasets") or []):
+        if not isinstance(dataset, str):
+            raise ConfigError(f"study definition '{path}': datasets[{i}] must be a dataset name (a string), "
+                              f"got {type(dataset).__name__} {str(dataset)[:60]!r}")
 
 
 def _text(value: Any) -> Any:
