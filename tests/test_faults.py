@@ -124,3 +124,35 @@ def test_eight_processes_at_once_on_a_fresh_sqlite_store(tmp_path, client):
     runs = later.search_runs([later.get_experiment_by_name("text-classification").experiment_id])
     assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
     assert os.path.exists(f"{tmp_path}/fresh/mlflow.db.lock")
+
+
+@pytest.mark.slow
+def test_a_failed_baseline_ends_tune_in_one_line_and_the_next_tune_measures_it_again(cli, client, hermetic,
+                                                                                      monkeypatch):
+    import tracker.child
+
+    real = tracker.child.run_command
+
+    def baseline_dies(config, tags):
+        if tags.get("tracker.tune.role") == "baseline":
+            return [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+        return real(config, tags)
+
+    storage = f"sqlite:///{hermetic}/optuna.db"
+    args = ("tune", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", "builtin",
+            "--n-samples", "8", "--country", "FRA", "--warmup", "0", "--min-window-s", "0", "--n-trials", "1",
+            "--max-batch-size", "2", "--precisions", "fp32", "--storage", storage, "--study-name", "poisoned")
+    monkeypatch.setattr(tracker.child, "run_command", baseline_dies)
+    code, _, err = cli(*args)
+    assert code == 1
+    [line] = [line for line in err.splitlines() if line.startswith("tracker:")]
+    assert "baseline run (batch 1, fp32)" in line and "SIGKILL" in line and "measures it again" in line
+    assert "Traceback" not in err
+
+    monkeypatch.setattr(tracker.child, "run_command", real)
+    code, out, err = cli(*args)  # the same command, at once: no hour-long wait for a baseline that never comes
+    assert code == 0, err
+    parents = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.role") == "parent"]
+    assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]
+    baselines = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.role") == "baseline"]
+    assert "FINISHED" in {r.info.status for r in baselines}

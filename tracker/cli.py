@@ -13,7 +13,7 @@ import signal
 import sys
 
 from tracker.config import RunConfig
-from tracker.errors import ConfigError, RunInterrupted, UserError
+from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
 
 # Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
 RUN_FLAGS = {
@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as err:
         print(f"tracker: run {err}; logged as KILLED with the energy measured so far", file=sys.stderr)
         return 128 + getattr(signal, err.signal_name)
+    except TrackerError as err:  # something failed on the way (not a bad input): one line, exit 1
+        print(f"tracker: error: {err}", file=sys.stderr)
+        return 1
 
 
 def _run(args: dict) -> int:

@@ -141,6 +141,11 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     with _single_sqlite_worker(config.storage):
         storage = _open_storage(config)
         study, created = _create_or_load(config, storage, task.higher_is_better)
+        if not created and _baseline_failed(client, study):
+            # A study whose baseline failed has nothing to compare with: begin it again.
+            logger.info("study %s: its baseline failed earlier; measuring it again", study.study_name)
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+            study, created = _create_or_load(config, storage, task.higher_is_better)
         if created:
             _start_search(client, config, study, task, device)
         study = _wait_for_baseline(study)
@@ -301,8 +306,8 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
     if result.status != "FINISHED":
         client.set_tag(parent_id, "tracker.error", f"baseline (batch 1, fp32) failed: {result.reason}")
         client.set_terminated(parent_id, "FAILED")
-        raise TrackerError(f"the baseline run (batch 1, fp32) failed, so there is no quality to keep: "
-                           f"{result.reason}")
+        raise TrackerError(f"the baseline run (batch 1, fp32) of study '{study.study_name}' failed, so there is "
+                           f"no quality to keep: {result.reason}. The same command measures it again")
     metrics = result.run.data.metrics
     _record_baseline(study, result.run)
     study.set_user_attr("baseline_run_id", result.run.info.run_id)
@@ -343,6 +348,20 @@ def _spread(attrs: dict[str, Any]) -> Spread:
     return Spread(carbon.get("mean", math.nan), carbon.get("std", math.nan), carbon.get("n", 0))
 
 
+def _baseline_failed(client: Any, study: Any) -> bool:
+    """The study's creator ended its parent run without storing a baseline: it failed or died."""
+    attrs = study.user_attrs
+    if "reference_quality" in attrs:
+        return False
+    if "parent_run_id" not in attrs:
+        return False  # the creating worker has only just begun
+    try:
+        status = client.get_run(attrs["parent_run_id"]).info.status
+    except Exception:  # the parent run is gone (another store, deleted): nothing to wait for
+        return True
+    return status in ("FAILED", "KILLED")
+
+
 def _wait_for_baseline(study: Any) -> Any:
     """The study once its baseline is stored (at once for the worker that measured it)."""
     import optuna
@@ -357,7 +376,11 @@ def _wait_for_baseline(study: Any) -> Any:
                                "the worker that created it may have died: start again with a new --study-name")
         time.sleep(2)
         waited += 2
-        study = optuna.load_study(study_name=study.study_name, storage=study._storage)
+        try:
+            study = optuna.load_study(study_name=study.study_name, storage=study._storage)
+        except KeyError:
+            raise TrackerError(f"study '{study.study_name}' was begun again after its baseline failed; start "
+                               "this worker again to join it") from None
     return study
 
 
