@@ -156,3 +156,30 @@ def test_a_failed_baseline_ends_tune_in_one_line_and_the_next_tune_measures_it_a
     assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]
     baselines = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.role") == "baseline"]
     assert "FINISHED" in {r.info.status for r in baselines}
+
+
+def test_empty_and_nan_inputs_are_skipped_and_counted(cli, client, hermetic):
+    path = hermetic / "reviews.csv"
+    path.write_text("text,label\ngreat film,1\n,0\nNaN,1\n   ,0\nawful film,0\nfine film,1\n")
+    code, _, err = cli("run", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", str(path),
+                       "--target-column", "label", "--n-samples", "3", "--no-progress")
+    assert code == 0, err
+    [run] = all_runs(client)
+    assert run.data.metrics["inferences_measured"] == 3  # the three films, not the empty cells
+    assert run.data.tags["tracker.dataset.skipped_rows"] == "3"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n", "has no usable rows: it holds no rows at all (a header alone)"),
+    ("text,label\n,1\nNaN,0\n", "has no usable rows: its 2 row(s) are all empty, NaN or unusable"),
+    ("text,label\ngood,1\n,0\n", "has 1 usable rows (of 2; 1 empty or NaN), fewer than --n-samples 5"),
+])
+def test_a_file_without_enough_usable_rows_says_so(cli, client, hermetic, content, message):
+    path = hermetic / "data.csv"
+    path.write_text(content)
+    code, _, err = cli("run", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", str(path),
+                       "--target-column", "label", "--n-samples", "5", "--no-progress")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker:")]
+    assert message in line
+    assert all_runs(client) == []

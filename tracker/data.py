@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,18 +161,37 @@ def _examples(task: Task, name: str, source: DatasetSource, location: str, rows:
                                f"{', '.join(available)}); {hint}")
     inputs: list[Any] = []
     targets: list[Any] = []
-    seen = 0
+    seen = empty = 0
     for row in rows:
         if len(inputs) == n_samples:
             break
         seen += 1
-        example = task.example({ours: row[theirs] for ours, theirs in mapping.items()}, base)
+        values = {ours: row[theirs] for ours, theirs in mapping.items()}
+        # An empty or NaN input cell is no input: measuring it as "" would cost nothing and count.
+        if any(_missing(v) for ours, v in values.items() if ours != task.target_column):
+            empty += 1
+            continue
+        example = task.example(values, base)
         if example is not None:
             inputs.append(example[0])
             targets.append(example[1])
+    if not inputs:
+        why = (f"its {seen} row(s) are all empty, NaN or unusable in the input column(s)" if seen
+               else "it holds no rows at all (a header alone)")
+        raise DatasetError(f"dataset '{name}' has no usable rows: {why}; pass a dataset with data in "
+                           f"column(s) {', '.join(v for k, v in mapping.items() if k != task.target_column)}")
     if len(inputs) < n_samples:
-        usable = f"{len(inputs)} usable rows" + (f" (of {seen})" if seen != len(inputs) else "")
+        usable = f"{len(inputs)} usable rows" + (f" (of {seen}; {empty} empty or NaN)" if seen != len(inputs) else "")
         raise DatasetError(
             f"dataset '{name}' has {usable}, fewer than --n-samples {n_samples}; lower --n-samples"
         )
     return LoadedDataset(name, source, location, inputs, targets, spec, skipped_rows=seen - len(inputs))
+
+
+def _missing(value: Any) -> bool:
+    """A cell with nothing in it: None, a float NaN (pandas' empty cell), or blank text."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
