@@ -183,3 +183,39 @@ def test_a_file_without_enough_usable_rows_says_so(cli, client, hermetic, conten
     [line] = [line for line in err.splitlines() if line.startswith("tracker:")]
     assert message in line
     assert all_runs(client) == []
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_keeps_its_partial_energy_and_the_next_command_closes_it(cli, client):
+    import os
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
+               "--dataset", "builtin", "--n-samples", "1000", "--no-progress", "--country", "FRA"]
+    process = subprocess.Popen(command, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until its heartbeat has logged energy from inside the query phase
+            runs = all_runs(client)
+            if runs and runs[0].data.metrics.get("partial_inferences", 0) > 0:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)  # no handler runs: nothing gets to close the run
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    [killed] = all_runs(client)
+    assert killed.info.status == "RUNNING"
+
+    code, _, err = cli("run", "--task", "summarization", "--model", "builtin-tiny", "--dataset", "builtin",
+                       "--n-samples", "2", "--no-progress", "--country", "FRA")
+    assert code == 0, err
+    closed = client.get_run(killed.info.run_id)
+    assert closed.info.status == "FAILED" and closed.info.end_time
+    assert "is gone" in closed.data.tags["tracker.error"]
+    assert closed.data.metrics["partial_energy_kwh"] > 0 and closed.data.metrics["partial_inferences"] > 0
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]

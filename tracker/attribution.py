@@ -143,6 +143,20 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
                   duration_s=machine.duration_s)
 
 
+def estimate(window: Window, rates: FullLoadRates) -> float:
+    """The attributed kWh of a window still open, from CPU time and counters alone (CodeCarbon
+    reports only when a window closes): what a run killed mid-window keeps. NaN where a measured
+    component has no counter we can read."""
+    cpu = (window.own_cpu_s * rates.cpu_w / rates.logical_cpus / 3.6e6 if rates.cpu_w is not None
+           else window.rapl_cpu_kwh * window.host_share if window.rapl_cpu_kwh is not None else math.nan)
+    ram = window.own_cpu_s * rates.ram_w / rates.logical_cpus / 3.6e6 if rates.ram_w is not None else math.nan
+    if window.gpu_counter_kwh is not None:
+        gpu = window.gpu_counter_kwh
+    else:
+        gpu = math.nan if window.gpu_reason else 0.0
+    return cpu + ram + gpu
+
+
 def contention(window: Window) -> str | None:
     """Why the window was contended, in words; None when the run had its resources to itself."""
     reasons = []

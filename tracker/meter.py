@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tracker.attribution import (CONTENDED_BACKGROUND_SHARE, FullLoadRates, Window, attribute, contention,
-                                 gpu_unavailable)
+                                 estimate, gpu_unavailable)
 from tracker.carbon import Location
 from tracker.energy import Energy
-from tracker.readings import Probe, SystemProbe, visible_gpu
+from tracker.readings import Probe, Snapshot, SystemProbe, visible_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +96,18 @@ class EnergyMeter:
         self.tracking_mode = tracking_mode
         self.gpu_ids = gpu_ids
         self._rates: FullLoadRates | None = None
+        self._open_since: Snapshot | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[PhaseReading]:
         reading = PhaseReading(name)
         self.synchronize()
         self._tracker.start_task(name)
-        start = self.probe.snapshot()
+        start = self._open_since = self.probe.snapshot()
         try:
             yield reading
         finally:
+            self._open_since = None
             self.synchronize()
             end = self.probe.snapshot()
             try:
@@ -129,6 +131,14 @@ class EnergyMeter:
                 reading.energy = attribute(machine, window, self.rates())
                 reading.record = {"task_name": name, **dataclasses.asdict(data)}
             self.readings.append(reading)
+
+    def open_window_kwh(self) -> float | None:
+        """An estimate of the attributed energy of the window now open (None when none is):
+        CodeCarbon reports only when a window closes, so this is what a heartbeat can log."""
+        start = self._open_since
+        if start is None:
+            return None
+        return estimate(Window.between(start, self.probe.snapshot()), self.rates())
 
     def rates(self) -> FullLoadRates:
         """What CodeCarbon models at full load, per component (None where it measures); known once

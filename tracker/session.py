@@ -34,7 +34,7 @@ from tracker.signals import interrupts_raise
 from tracker.summary import run_metrics
 from tracker.tasks import get_task
 from tracker.tasks.base import GenerationSettings
-from tracker.tracking import RunRecorder, check_tracking_server, recorded_run
+from tracker.tracking import Heartbeat, RunRecorder, check_tracking_server, recorded_run
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +89,16 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
                                               "resolved_dataset": dataset.location,
                                               "resolved_device": device}, "config.json")
         outcome = RunOutcome()
+
+        def so_far() -> dict[str, float]:
+            """The query phase's attributed energy and inferences so far (loading excluded)."""
+            closed = sum(q.reading.energy.total_kwh for q in outcome.complete_queries)
+            querying = bool(outcome.queries) and outcome.queries[-1].reading.energy is None
+            return {"partial_energy_kwh": closed + ((meter.open_window_kwh() or 0.0) if querying else 0.0),
+                    "partial_inferences": float(sum(q.inferences for q in outcome.queries))}
+
         try:
-            with interrupts_raise(), remote_code(config.trust_remote_code), \
+            with interrupts_raise(), remote_code(config.trust_remote_code), Heartbeat(recorder, so_far), \
                     _progress_bar(config, dataset.name) as progress:
                 execute(plan, meter, outcome, progress)
         finally:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
@@ -103,18 +105,92 @@ class RunRecorder:
         self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), path)
 
 
+# A measuring run tags its host and process, and beats every HEARTBEAT_S with the energy so far;
+# a RUNNING run whose process is gone, or whose beat is older than STALE_S on another host, is
+# closed FAILED by the next command that opens its experiment.
+HEARTBEAT_S = float(os.environ.get("TRACKER_HEARTBEAT_S", "30"))
+STALE_S = 10 * 60
+
+
+class Heartbeat:
+    """While a run measures, a thread that tags ``tracker.run.heartbeat`` and logs ``report()``'s
+    figures every ``interval_s``, so that a run killed without a chance to log keeps them."""
+
+    def __init__(self, recorder: RunRecorder, report: Callable[[], dict[str, float]],
+                 interval_s: float = HEARTBEAT_S) -> None:
+        self.recorder, self.report, self.interval_s = recorder, report, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="tracker-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.recorder.log(metrics=self.report(), tags={"tracker.run.heartbeat": str(int(time.time()))})
+            except Exception as err:  # a lost beat must not stop the measurement
+                logger.warning("could not log the run's heartbeat: %s", err)
+
+
+def close_orphans(client: Any, exp_id: str) -> list[str]:
+    """Close FAILED, with the reason, the RUNNING runs of an experiment whose process is gone:
+    on this host, no process with that id started before the run; elsewhere, no heartbeat for
+    STALE_S. Their partial figures (``partial_energy_kwh``) stay. Returns the closed run ids."""
+    import socket
+
+    import psutil
+
+    here, now, closed = socket.gethostname(), time.time(), []
+    for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if "tracker.run.pid" not in tags:
+            continue  # not a measuring run of ours (a launcher, a search's parent)
+        if tags.get("tracker.run.host") == here:
+            pid = int(tags["tracker.run.pid"])
+            try:
+                alive = psutil.Process(pid).create_time() * 1000 <= run.info.start_time + 1000
+            except psutil.Error:
+                alive = False
+            reason = f"its process ({pid} on {here}) is gone: killed or crashed before it could close the run"
+        else:
+            beat = float(tags.get("tracker.run.heartbeat", run.info.start_time / 1000))
+            alive = now - beat < STALE_S
+            reason = (f"no heartbeat from its process on {tags.get('tracker.run.host', '?')} for "
+                      f"{(now - beat) / 60:.0f} min")
+        if not alive:
+            _end(client, run.info.run_id, "FAILED", {
+                "tracker.error": f"{reason}; closed by a later command. partial_energy_kwh holds what it had "
+                                 "measured by its last heartbeat",
+                "tracker.error_type": "ProcessGone"})
+            closed.append(run.info.run_id)
+            logger.warning("run %s was left RUNNING: %s; closed FAILED", run.info.run_id, reason)
+    return closed
+
+
 @contextmanager
 def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
                  times_ms: tuple[int, int] | None = None) -> Iterator[RunRecorder]:
     """A RUNNING run that ends FINISHED, FAILED (reason tagged) or KILLED (signal tagged).
 
     ``times_ms`` (start, end) dates a run that records a measurement taken earlier (an import).
+    Runs that earlier processes left RUNNING in the experiment are closed first.
     """
+    import socket
+
     from mlflow import MlflowClient
 
     client = MlflowClient()
     start_ms, end_ms = times_ms or (None, None)
-    run_id = _start_run(client, experiment_id(client, experiment), run_name, tags, start_ms)
+    exp_id = experiment_id(client, experiment)
+    close_orphans(client, exp_id)
+    tags = tags | {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
+    run_id = _start_run(client, exp_id, run_name, tags, start_ms)
     recorder = RunRecorder(client, run_id)
     try:
         yield recorder
