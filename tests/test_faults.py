@@ -219,3 +219,36 @@ def test_a_sigkilled_run_keeps_its_partial_energy_and_the_next_command_closes_it
     assert "is gone" in closed.data.tags["tracker.error"]
     assert closed.data.metrics["partial_energy_kwh"] > 0 and closed.data.metrics["partial_inferences"] > 0
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_tune_ends_its_parent_and_its_running_trial_killed(client, hermetic):
+    import os
+    import signal
+    import time
+
+    storage = f"sqlite:///{hermetic}/optuna.db"
+    command = [sys.executable, "-m", "tracker", "tune", "--task", "summarization", "--model", "builtin-tiny",
+               "--dataset", "builtin", "--n-samples", "400", "--country", "FRA", "--warmup", "0",
+               "--min-window-s", "0", "--n-trials", "2", "--max-batch-size", "1", "--precisions", "fp32",
+               "--storage", storage]
+    worker = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(r.info.status == "RUNNING" and r.data.tags.get("tracker.tune.role") == "baseline"
+                      for r in all_runs(client)):  # the baseline is measuring in its child
+            assert worker.poll() is None and time.monotonic() < deadline, "the baseline never started"
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=180)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert worker.returncode == 128 + signal.SIGTERM, err[-2000:]
+    runs = all_runs(client)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    [parent] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "parent"]
+    [baseline] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]
+    assert baseline.info.status == "KILLED" and baseline.data.tags["tracker.interrupted_by"] == "SIGTERM"
+    assert parent.info.status == "KILLED" and parent.data.tags["tracker.interrupted_by"] == "SIGTERM"

@@ -85,12 +85,17 @@ def _relay(command: list[str]) -> tuple[int, str]:
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
                           preexec_fn=_die_with_parent) as child:
         assert child.stderr is not None
-        for line in child.stderr:
-            sys.stderr.write(line)
-            if line.startswith("tracker: error:"):
-                error = line.removeprefix("tracker: error:").strip()
-            elif line.strip():
-                last = line.strip()
+        try:
+            for line in child.stderr:
+                sys.stderr.write(line)
+                if line.startswith("tracker: error:"):
+                    error = line.removeprefix("tracker: error:").strip()
+                elif line.strip():
+                    last = line.strip()
+        except BaseException:  # interrupted: the child ends its run KILLED, with its energy, then we go
+            child.send_signal(signal.SIGTERM)
+            child.wait(timeout=120)
+            raise
     return child.returncode, error or last
 
 

@@ -43,8 +43,9 @@ from typing import Any, Literal
 
 from tracker.child import measure_in_child
 from tracker.config import RunConfig
-from tracker.errors import ConfigError, TrackerError
+from tracker.errors import ConfigError, RunInterrupted, TrackerError
 from tracker.pareto import pareto_front
+from tracker.signals import interrupts_raise
 from tracker.stats import Spread, pooled, ratio_interval
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     device = resolve_device(config.run.device)
     client = MlflowClient()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _single_sqlite_worker(config.storage):
+    # SIGTERM as well as Ctrl-C unwinds through here, so the parent run always ends.
+    with interrupts_raise(), _single_sqlite_worker(config.storage):
         storage = _open_storage(config)
         study, created = _create_or_load(config, storage, task.higher_is_better)
         if not created and _baseline_failed(client, study):
@@ -147,7 +149,14 @@ def tune(config: TuneConfig) -> dict[str, Any]:
             optuna.delete_study(study_name=study.study_name, storage=storage)
             study, created = _create_or_load(config, storage, task.higher_is_better)
         if created:
-            _start_search(client, config, study, task, device)
+            try:
+                _start_search(client, config, study, task, device)
+            except (KeyboardInterrupt, RunInterrupted) as err:
+                parent = study.user_attrs.get("parent_run_id")
+                if parent:  # the next tune on this study sees a KILLED parent and begins again
+                    client.set_tag(parent, "tracker.interrupted_by", getattr(err, "signal_name", "SIGINT"))
+                    client.set_terminated(parent, "KILLED")
+                raise
         study = _wait_for_baseline(study)
         parent_id = study.user_attrs["parent_run_id"]
         client.update_run(parent_id, status="RUNNING")  # again, when a study is resumed
@@ -157,8 +166,9 @@ def tune(config: TuneConfig) -> dict[str, Any]:
         try:
             study.optimize(objective, n_trials=MAX_PROPOSALS_PER_TRIAL * config.n_trials,
                            callbacks=[_StopWhenDone(config.n_trials, space)], catch=(TrialFailed,))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RunInterrupted) as err:
             status = "KILLED"
+            client.set_tag(parent_id, "tracker.interrupted_by", getattr(err, "signal_name", "SIGINT"))
             raise
         except BaseException as err:
             status = "FAILED"
