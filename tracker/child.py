@@ -94,7 +94,10 @@ def _relay(command: list[str]) -> tuple[int, str]:
                     last = line.strip()
         except BaseException:  # interrupted: the child ends its run KILLED, with its energy, then we go
             child.send_signal(signal.SIGTERM)
-            child.wait(timeout=120)
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                child.kill()
             raise
     return child.returncode, error or last
 

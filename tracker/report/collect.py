@@ -16,7 +16,7 @@ LEFT_OUT_INCOMPLETE = "runs without a task, a model or an energy figure"
 
 RUN_COLUMNS = ["run_id", "experiment", "task", "model", "dataset", "batch_size", "precision", "kind",
                "kwh_per_1k", "g_co2_per_1k", "quality", "quality_metric", "higher_is_better",
-               "quality_meaningful", "parameters", "energy_scope", "source", "energy_method"]
+               "quality_meaningful", "parameters", "energy_scope", "source", "energy_method", "contended"]
 
 
 def default_experiments(client: Any) -> list[str]:
