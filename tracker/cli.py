@@ -162,7 +162,7 @@ def _run(args: dict) -> int:
     print(f"  quality ({label}): {_fmt(m.get('quality'))}; "
           f"CPU energy {report.tags.get('tracker.energy.cpu.method')}")
     print(f"  attributed to this run: {_fmt(m.get('energy_kwh'))} kWh of the {_fmt(m.get('machine_energy_kwh'))} kWh "
-          f"the meter saw; this run used {_fmt(m.get('cpu_time_share'))} of the busy CPU time; "
+          f"the meter saw; this run used {_percent(m.get('cpu_time_share'))} of the busy CPU time; "
           + ("CONTENDED: " + report.tags["tracker.measurement.contended_reason"]
              if report.tags.get("tracker.measurement.contended") == "true"
              else "not contended: other processes stayed under 10% of the CPU"))
@@ -322,6 +322,10 @@ def _quiet_libraries() -> None:
         return
     diffusers.utils.logging.disable_progress_bar()
     diffusers.utils.logging.set_verbosity_error()
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.1%}"
 
 
 def _fmt(value: float | None) -> str:
