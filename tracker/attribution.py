@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tracker.energy import Energy
+from tracker.energy import KWH_TO_J, Energy
 from tracker.readings import GpuState, Snapshot, rapl_delta_uj
 
 # Other processes using at least this share of the machine's CPU time make a window contended:
@@ -40,7 +40,6 @@ UJ_PER_KWH = 3.6e12
 MJ_PER_KWH = 3.6e9
 
 
-
 @dataclass(frozen=True)
 class FullLoadRates:
     """The meter's modelled power at full load, charged per CPU-second; None: measured, split by share."""
@@ -48,6 +47,11 @@ class FullLoadRates:
     cpu_w: float | None
     ram_w: float | None
     logical_cpus: int
+
+    def charged_kwh(self, own_cpu_s: float, watts: float) -> float:
+        """A modelled component's charge for ``own_cpu_s`` CPU-seconds: its full-load power per
+        logical CPU, per CPU-second."""
+        return own_cpu_s * watts / self.logical_cpus / KWH_TO_J
 
     def describe(self) -> str:
         def part(name: str, watts: float | None) -> str:
@@ -129,7 +133,7 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
     def host(seen: float, watts: float | None) -> float:
         if watts is None or math.isnan(seen):  # measured (or missing): split what was seen
             return seen * share
-        return window.own_cpu_s * watts / rates.logical_cpus / 3.6e6
+        return rates.charged_kwh(window.own_cpu_s, watts)
 
     cpu = host(machine.cpu_kwh, rates.cpu_w if rates else None)
     ram = host(machine.ram_kwh, rates.ram_w if rates else None)
@@ -147,9 +151,9 @@ def estimate(window: Window, rates: FullLoadRates) -> float:
     """The attributed kWh of a window still open, from CPU time and counters alone (CodeCarbon
     reports only when a window closes): what a run killed mid-window keeps. NaN where a measured
     component has no counter we can read."""
-    cpu = (window.own_cpu_s * rates.cpu_w / rates.logical_cpus / 3.6e6 if rates.cpu_w is not None
+    cpu = (rates.charged_kwh(window.own_cpu_s, rates.cpu_w) if rates.cpu_w is not None
            else window.rapl_cpu_kwh * window.host_share if window.rapl_cpu_kwh is not None else math.nan)
-    ram = window.own_cpu_s * rates.ram_w / rates.logical_cpus / 3.6e6 if rates.ram_w is not None else math.nan
+    ram = rates.charged_kwh(window.own_cpu_s, rates.ram_w) if rates.ram_w is not None else math.nan
     if window.gpu_counter_kwh is not None:
         gpu = window.gpu_counter_kwh
     else:
