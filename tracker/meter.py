@@ -33,6 +33,7 @@ TrackingMode = Literal["machine", "process"]
 # CodeCarbon samples power about once a second during a task; a window of only a few samples
 # gives a poor average, so shorter query phases are flagged.
 MIN_RELIABLE_WINDOW_S = 3.0
+CPU_KINDS = ("CPU", "AppleSiliconChip", "Raspberry")  # CodeCarbon's classes that meter a CPU
 
 
 @dataclass
@@ -144,7 +145,7 @@ class EnergyMeter:
         """What CodeCarbon models at full load, per component (None where it measures); known once
         its hardware is set up, at the first window."""
         if self._rates is None:
-            cpu, ram = self._device("CPU"), self._device("RAM")
+            cpu, ram = self._device(*CPU_KINDS), self._device("RAM")
             cpu_w = None
             if cpu is not None and getattr(cpu, "_mode", None) == "cpu_load":
                 cpu_w = float(cpu._tdp)  # the load curve at full load: 0.1 + 0.9 x 1^3 = 1
@@ -154,8 +155,9 @@ class EnergyMeter:
                                         logical_cpus=self.probe.logical_cpus)
         return self._rates
 
-    def _device(self, kind: str) -> Any:
-        return next((d for d in getattr(self._tracker, "_hardware", []) if type(d).__name__ == kind), None)
+    def _device(self, *kinds: str) -> Any:
+        """CodeCarbon's meter of one kind of hardware (its class name), or None."""
+        return next((d for d in getattr(self._tracker, "_hardware", []) if type(d).__name__ in kinds), None)
 
     def synchronize(self) -> None:
         """Wait for the GPU's queued work, so that a window's edge is where the work's edge is."""
@@ -186,18 +188,14 @@ class EnergyMeter:
 
     def provenance(self) -> dict[str, str]:
         """How each energy component and the carbon figure were obtained, as tag values."""
-        cpu = ram = gpu = None
-        for device in getattr(self._tracker, "_hardware", []):
-            kind = type(device).__name__
-            cpu = device if kind in ("CPU", "AppleSiliconChip", "Raspberry") and cpu is None else cpu
-            ram = device if kind == "RAM" else ram
-            gpu = device if kind == "GPU" else gpu
+        cpu, ram, gpu = self._device(*CPU_KINDS), self._device("RAM"), self._device("GPU")
         tags = {
             "tracker.energy.cpu.method": _cpu_method(cpu, self.hardware(), self.tracking_mode),
             "tracker.energy.ram.method": _ram_method(ram, self.tracking_mode,
                                                      self._last_record_value("ram_power")),
             "tracker.energy.gpu.method": (
-                f"measured: NVML energy counter via CodeCarbon (GPU: {self.probe_gpus()}), read after "
+                f"measured: NVML energy counter via CodeCarbon (GPU ids: "
+                f"{'all visible' if self.gpu_ids is None else ','.join(map(str, self.gpu_ids))}), read after "
                 "torch.cuda.synchronize at both window edges"
                 if gpu is not None else "absent: no GPU visible to this process, so 0 kWh"),
             "tracker.energy.tracking_mode": self.tracking_mode,
@@ -206,10 +204,6 @@ class EnergyMeter:
             "tracker.carbon.intensity_source": self.location.intensity_source,
         }
         return tags
-
-    def probe_gpus(self) -> str:
-        gpus = getattr(self.probe, "gpus", None)
-        return ",".join(map(str, gpus)) if gpus else "none"
 
     def records_csv(self) -> str:
         """Every phase's CodeCarbon row, in CodeCarbon's own layout with a leading task_name."""
