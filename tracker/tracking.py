@@ -110,6 +110,7 @@ class RunRecorder:
 # closed FAILED by the next command that opens its experiment.
 HEARTBEAT_S = float(os.environ.get("TRACKER_HEARTBEAT_S", "30"))
 STALE_S = 10 * 60
+_swept: set[tuple[str, str]] = set()  # (tracking URI, experiment id) whose orphans this process closed
 
 
 class Heartbeat:
@@ -188,7 +189,10 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
     client = MlflowClient()
     start_ms, end_ms = times_ms or (None, None)
     exp_id = experiment_id(client, experiment)
-    close_orphans(client, exp_id)
+    # Once per experiment and process: an import opens a run per record, and its own runs are no orphans.
+    if (client.tracking_uri, exp_id) not in _swept:
+        close_orphans(client, exp_id)
+        _swept.add((client.tracking_uri, exp_id))
     tags = tags | {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
     run_id = _start_run(client, exp_id, run_name, tags, start_ms)
     recorder = RunRecorder(client, run_id)
