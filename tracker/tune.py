@@ -350,12 +350,13 @@ def baseline_spread(study: Any) -> Spread:
     if not measured and "baseline_emissions_g_per_output" in study.user_attrs:  # a study from before
         return Spread(float(study.user_attrs["baseline_emissions_g_per_output"]), math.nan, 1)
     quiet = [v for v in measured if not v.get("contended")] or measured
-    return pooled([Spread(v["mean"], v["std"], v["n"]) for v in quiet])
+    return pooled([_stored_spread(v) for v in quiet])
 
 
-def _spread(attrs: dict[str, Any]) -> Spread:
-    carbon = attrs.get("carbon") or {}
-    return Spread(carbon.get("mean", math.nan), carbon.get("std", math.nan), carbon.get("n", 0))
+def _stored_spread(stored: dict[str, Any] | None) -> Spread:
+    """A spread as ``carbon_spread`` stored it on the study (empty: no measurement)."""
+    stored = stored or {}
+    return Spread(stored.get("mean", math.nan), stored.get("std", math.nan), stored.get("n", 0))
 
 
 def _baseline_failed(client: Any, study: Any) -> bool:
@@ -536,7 +537,7 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     if best:
         top = best[0]
         carbon = top.values[0]
-        top_spread = _spread(top.user_attrs)
+        top_spread = _stored_spread(top.user_attrs.get("carbon"))
         ratio, low, high = ratio_interval(baseline, top_spread if top_spread.n else Spread(carbon, math.nan, 1))
         summary.update(best_params=top.params, best_trial=top.number, best_emissions_g_per_output=carbon,
                        best_quality=top.user_attrs.get("quality"), carbon_reduction_x=ratio,
@@ -570,7 +571,7 @@ def _tie(study: Any, best: Any) -> str | None:
     if not others:
         return None
     runner = min(others, key=lambda t: t.values[0])
-    a, b = _spread(best.user_attrs), _spread(runner.user_attrs)
+    a, b = _stored_spread(best.user_attrs.get("carbon")), _stored_spread(runner.user_attrs.get("carbon"))
     if not a.overlaps(b):
         return None
     (a_low, a_high), (b_low, b_high) = a.ci95, b.ci95
