@@ -12,7 +12,7 @@ import math
 import signal
 import sys
 
-from tracker.config import RunConfig
+from tracker.config import RunConfig, boolean
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
 
 # Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
@@ -182,7 +182,7 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
 def _study(args: argparse.Namespace) -> int:
     from tracker.study import load_definition, run_study
 
-    force = _flag("--force", args.force)
+    force = boolean("--force", args.force)
     overrides = {"n_samples": args.n_samples} if args.n_samples not in (None, "") else {}
     definition = load_definition(args.definition, overrides)
     if args.dry_run:
@@ -277,7 +277,7 @@ def _report(args: argparse.Namespace) -> int:
 
     config = ReportConfig(output=Path(args.output), experiments=_listed(args.experiments),
                           countries=_listed(args.countries) or DEFAULT_COUNTRIES,
-                          include_tuning=_flag("--include-tuning", args.include_tuning),
+                          include_tuning=boolean("--include-tuning", args.include_tuning),
                           report_experiment=args.report_experiment, tag_runs=args.tag_runs)
     result = build_report(config)
     print(f"report run {result.run_id}: {len(result.models)} model rows, {len(result.tasks)} task(s); "
@@ -291,12 +291,6 @@ def _report(args: argparse.Namespace) -> int:
 def _listed(text: str) -> tuple[str, ...]:
     """A comma-separated flag's values, blanks dropped."""
     return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def _flag(name: str, value: str) -> bool:
-    from tracker.config import boolean
-
-    return boolean(name, value)
 
 
 def _list_tasks() -> int:
