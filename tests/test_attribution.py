@@ -154,6 +154,15 @@ def test_a_missing_gpu_counter_gives_nan_with_a_reason_never_zero():
     assert reading.energy.cpu_kwh >= 0  # the components that were measured keep their figures
 
 
+def test_the_gpu_counter_check_judges_all_windows_and_names_the_worst():
+    from tracker.attribution import gpu_counter_check
+
+    # as on the H200: one short window caught an extra step of the counter, the others agree
+    tag = gpu_counter_check([(1.3e-5, 1.0e-5), (1.0e-5, 1.0e-5), (1.0e-5, 1.0e-5), (math.nan, 1.0e-5)])
+    assert "by 10.0% over 3 window(s)" in tag and "at most 30.0% in one" in tag
+    assert gpu_counter_check([(math.nan, 1.0)]) is None and gpu_counter_check([]) is None
+
+
 def test_fake_rapl_folder_is_read_across_a_counter_wrap(tmp_path):
     zone = tmp_path / "intel-rapl:0"
     sub = tmp_path / "intel-rapl:0:0"  # a sub-zone (core) is inside the package: not counted again

@@ -191,6 +191,15 @@ def _wait_for_trial_run(client, number, deadline_s=120):
     raise AssertionError(f"trial {number} never made its run")
 
 
+def _wait_for_run_to_end(client, run_id, deadline_s):
+    deadline = time.time() + deadline_s
+    while time.time() < deadline:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} still RUNNING after {deadline_s} s")
+
+
 def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
     storage = f"sqlite:///{hermetic}/optuna.db"
     # One setting (batch 1, fp32) long enough to be killed mid-measurement: 3 windows of 200 tiny summaries.
@@ -202,8 +211,14 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
         killed = _wait_for_running_trial(storage, deadline_s=300)
         orphan = _wait_for_trial_run(client, killed.number)
         os.kill(worker.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
-        worker.communicate(timeout=30)
-        time.sleep(4)  # past the grace period (3 heartbeats)
+        killed_at = time.monotonic()
+        # wait() not communicate(): the orphaned child still holds the pipes while it ends its run
+        worker.wait(timeout=30)
+        _wait_for_run_to_end(client, orphan, deadline_s=180)
+        # Optuna fails a trial whose heartbeat is older than its grace period (3 heartbeats of 1 s)
+        grace_left = 4 - (time.monotonic() - killed_at)
+        if grace_left > 0:
+            time.sleep(grace_left)
 
         again = _tune_process(storage, *settings)
         out, err = again.communicate(timeout=600)

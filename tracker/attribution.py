@@ -185,6 +185,24 @@ def relative_difference(ours: float, theirs: float) -> float:
     return abs(ours - theirs) / abs(theirs)
 
 
+def gpu_counter_check(pairs: list[tuple[float, float]]) -> str | None:
+    """CodeCarbon's GPU kWh against NVML's counter read by us at the same windows' edges, as a tag.
+
+    ``pairs`` holds (CodeCarbon, counter) per window. CodeCarbon's reads enclose ours by a few
+    milliseconds, and the counter advances in steps (about every 0.1 s on an H200, measured with
+    benchmarks/gpu_check.py), so a window under a second can differ by a step: the figure over
+    all windows is the one to judge, the worst window says how coarse a single one is.
+    """
+    pairs = [(ours, theirs) for ours, theirs in pairs if not (math.isnan(ours) or math.isnan(theirs))]
+    if not pairs:
+        return None
+    total = relative_difference(sum(p[0] for p in pairs), sum(p[1] for p in pairs))
+    worst = max(relative_difference(*p) for p in pairs)
+    return (f"CodeCarbon's GPU energy differs from NVML's counter read at the window edges by {total:.1%} "
+            f"over {len(pairs)} window(s), by at most {worst:.1%} in one (the counter advances in steps: "
+            "windows under a second are coarse)")
+
+
 def _gpu_between(start: GpuState | None, end: GpuState | None) -> tuple[int | None, float | None, str]:
     if start is None or end is None:
         return None, None, ""

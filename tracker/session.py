@@ -23,7 +23,7 @@ from tracker.carbon import resolve_location
 from tracker.config import RunConfig
 from tracker.data import Columns, load_dataset
 from tracker.errors import ConfigError
-from tracker.attribution import CONTENDED_BACKGROUND_SHARE, contention, relative_difference
+from tracker.attribution import CONTENDED_BACKGROUND_SHARE, contention, gpu_counter_check
 from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.models import resolve_model
 from tracker.multipurpose import decide_kind
@@ -252,12 +252,10 @@ def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attr
     if queries[-1].inferences < len(plan.dataset.inputs):
         tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.inputs)} "
                                        "inferences measured before the run stopped")
-    checks = [relative_difference(q.reading.seen.gpu_kwh, q.reading.window.gpu_counter_kwh)
-              for q in queries if q.reading.window is not None and q.reading.window.gpu_counter_kwh is not None]
-    if checks:
-        tags["tracker.energy.gpu.counter_check"] = (
-            f"CodeCarbon's GPU energy differs from NVML's counter read at the window edges by at most "
-            f"{max(checks):.1%}")
+    check = gpu_counter_check([(q.reading.seen.gpu_kwh, q.reading.window.gpu_counter_kwh) for q in queries
+                               if q.reading.window is not None and q.reading.window.gpu_counter_kwh is not None])
+    if check:
+        tags["tracker.energy.gpu.counter_check"] = check
     return tags
 
 
