@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import all_runs, subprocess_env
+from conftest import MlflowServer, all_runs, subprocess_env
 
 EVIL = '''
 from pathlib import Path
@@ -252,3 +252,58 @@ def test_sigterm_to_tune_ends_its_parent_and_its_running_trial_killed(client, he
     [baseline] = [r for r in runs if r.data.tags.get("tracker.tune.role") == "baseline"]
     assert baseline.info.status == "KILLED" and baseline.data.tags["tracker.interrupted_by"] == "SIGTERM"
     assert parent.info.status == "KILLED" and parent.data.tags["tracker.interrupted_by"] == "SIGTERM"
+
+
+@pytest.mark.slow
+def test_a_lost_tracking_server_spools_the_run_and_sync_uploads_it(hermetic):
+    import os
+    import signal
+    import time
+
+    from mlflow import MlflowClient
+
+    server = MlflowServer(hermetic)
+    uri = server.start()
+    client = MlflowClient(uri)
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
+    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
+               "--dataset", "builtin", "--n-samples", "600", "--no-progress", "--country", "FRA"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until the run measures, its heartbeat reaching the server
+            runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+            if runs and runs[0].data.metrics.get("partial_inferences", 0) > 0:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
+            time.sleep(0.2)
+        run_id = runs[0].info.run_id
+        server.stop(signal.SIGKILL)  # the server goes away mid-run
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        server.stop(signal.SIGKILL)
+    assert process.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tracker: error: lost the MLflow tracking server") and "tracker sync" in last
+    spooled = list((hermetic / "spool").glob("*.jsonl"))
+    assert [p.stem for p in spooled] == [run_id]
+
+    server.start()  # back, on the same port and store
+    assert client.get_run(run_id).info.status == "RUNNING"  # the server never heard the end
+    synced = subprocess.run([sys.executable, "-m", "tracker", "sync"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    try:
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        assert "1 run(s) measured while this tracking server was lost" in synced.stderr  # commands mention it
+        assert f"run {run_id} uploaded, FINISHED" in synced.stdout
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.info.end_time
+        assert run.data.metrics["energy_kwh"] > 0 and run.data.metrics["energy_kwh_per_1k"] > 0
+        assert {a.path for a in client.list_artifacts(run_id)} >= {"predictions_sample.csv", "config.json"}
+        assert not list((hermetic / "spool").glob("*"))
+    finally:
+        server.stop()

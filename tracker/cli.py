@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--experiment", help=RUN_FLAGS["experiment"])
     records.add_argument("--model-kind", help="task-specific or multi-purpose, when known (default: unrecorded)")
 
+    commands.add_parser("sync", help="upload the runs kept locally while the tracking server was lost")
+
     report = commands.add_parser("report", help="tables, figures, star ratings and regional what-ifs from the runs")
     report.add_argument("--output", default="report", help="folder to write into (default: report)")
     report.add_argument("--experiments", default="",
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return _import(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "sync":
+            return _sync()
         return _run(vars(args))
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
@@ -285,6 +289,18 @@ def _report(args: argparse.Namespace) -> int:
     for task in result.tasks.itertuples():
         print(f"  {task.task:<30} {task.models:>3} models {task.runs:>4} runs  kWh per 1,000: mean "
               f"{_fmt(task.kwh_per_1k_mean)} (models {_fmt(task.kwh_per_1k_min)} to {_fmt(task.kwh_per_1k_max)})")
+    return 0
+
+
+def _sync() -> int:
+    import mlflow
+
+    from tracker.tracking import sync
+
+    uploaded = sync()
+    for run_id, status in uploaded:
+        print(f"run {run_id} uploaded, {status}")
+    print(f"{len(uploaded)} spooled run(s) uploaded to {mlflow.get_tracking_uri()}")
     return 0
 
 

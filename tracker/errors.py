@@ -35,6 +35,10 @@ class TrackingServerError(UserError):
     """The MLflow tracking server cannot be reached."""
 
 
+class TrackingServerLost(TrackerError):
+    """The tracking server stopped answering mid-run: the run's records went to the local spool."""
+
+
 class RunInterrupted(TrackerError):
     """SIGINT or SIGTERM arrived while a run was in progress."""
 

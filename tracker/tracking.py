@@ -21,7 +21,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import Any
 
-from tracker.errors import RunInterrupted, TrackingServerError
+from tracker import spool
+from tracker.errors import RunInterrupted, TrackingServerError, TrackingServerLost
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +40,35 @@ def check_tracking_server(timeout_s: float = 5.0) -> str:
         prepare_sqlite_store(uri)
     if not uri.startswith(("http://", "https://")):
         return uri
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        pass  # it answered: reachable, whatever it thinks of /health
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
+    reason = unreachable(uri, timeout_s)
+    if reason:
         raise TrackingServerError(
             f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
             f"(mlflow server --host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to use "
-            f"the local store"
-        ) from err
+            f"the local store")
+    # MLflow retries a lost server for minutes by default: a few seconds, then the spool takes over.
+    for name, value in BOUNDED_RETRIES.items():
+        os.environ.setdefault(name, value)
+    waiting = spool.pending(uri)
+    if waiting:
+        logger.warning("%d run(s) measured while this tracking server was lost wait in %s: run `tracker sync`",
+                       len(waiting), spool.spool_dir())
     return uri
+
+
+BOUNDED_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def unreachable(uri: str, timeout_s: float = 3.0) -> str | None:
+    """Why a remote tracking server does not answer, or None when it does."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered: reachable, whatever it thinks of /health
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+    return None
 
 
 def prepare_sqlite_store(uri: str) -> None:
@@ -79,11 +97,18 @@ def prepare_sqlite_store(uri: str) -> None:
 
 
 class RunRecorder:
-    """Writes one run's params, metrics, tags and artifacts."""
+    """Writes one run's params, metrics, tags and artifacts, and ends it.
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    When a remote tracking server stops answering mid-run, every call from then on goes to a local
+    spool file instead (``tracker.spool``), so nothing measured is lost; `tracker sync` uploads it.
+    """
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str = "") -> None:
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.spool: spool.Spool | None = None
+        self._lock = threading.Lock()
 
     def log(self, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
             tags: dict[str, Any] | None = None) -> None:
@@ -91,18 +116,40 @@ class RunRecorder:
         from mlflow.utils.time import get_current_time_millis
 
         now = get_current_time_millis()
-        self.client.log_batch(
-            self.run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-        )
+        metrics, params, tags = metrics or {}, params or {}, tags or {}
+        self._call({"op": "log", "time_ms": now, "metrics": metrics, "params": params, "tags": tags},
+                   lambda: self.client.log_batch(
+                       self.run_id,
+                       metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                       params=[Param(k, str(v)) for k, v in params.items()],
+                       tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self.run_id, text, path)
+        self._call({"op": "text", "text": text, "path": path},
+                   lambda: self.client.log_text(self.run_id, text, path))
 
     def log_json(self, data: Any, path: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), path)
+        self.log_text(json.dumps(data, indent=2, default=str), path)
+
+    def end(self, status: str, tags: dict[str, str], end_ms: int | None = None) -> None:
+        self._call({"op": "end", "status": status, "tags": tags, "end_ms": end_ms},
+                   lambda: _end(self.client, self.run_id, status, tags, end_ms))
+
+    def _call(self, spooled: dict[str, Any], call: Callable[[], Any]) -> None:
+        if self.spool is None:
+            try:
+                return call()
+            except Exception as err:
+                uri = self.client.tracking_uri
+                lost = uri.startswith(("http://", "https://")) and unreachable(uri)
+                if not lost:
+                    raise
+                with self._lock:
+                    if self.spool is None:
+                        self.spool = spool.Spool.create(uri, self.run_id, self.experiment_id, f"{lost} ({err})")
+                        logger.warning("lost the tracking server at %s (%s): run %s goes on, its records kept "
+                                       "in %s", uri, lost, self.run_id, self.spool.path)
+        self.spool.append(spooled)
 
 
 # A measuring run tags its host and process, and beats every HEARTBEAT_S with the energy so far;
@@ -148,10 +195,11 @@ def close_orphans(client: Any, exp_id: str) -> list[str]:
     import psutil
 
     here, now, closed = socket.gethostname(), time.time(), []
+    spooled = {item.run_id for item in spool.pending(client.tracking_uri)}
     for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
-        if "tracker.run.pid" not in tags:
-            continue  # not a measuring run of ours (a launcher, a search's parent)
+        if "tracker.run.pid" not in tags or run.info.run_id in spooled:
+            continue  # not a measuring run of ours (a launcher, a search's parent), or `tracker sync`'s to end
         if tags.get("tracker.run.host") == here:
             pid = int(tags["tracker.run.pid"])
             try:
@@ -195,19 +243,38 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
         _swept.add((client.tracking_uri, exp_id))
     tags = tags | {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
     run_id = _start_run(client, exp_id, run_name, tags, start_ms)
-    recorder = RunRecorder(client, run_id)
+    recorder = RunRecorder(client, run_id, exp_id)
     try:
         yield recorder
     except RunInterrupted as err:
-        _end(client, run_id, "KILLED", {"tracker.interrupted_by": err.signal_name})
+        recorder.end("KILLED", {"tracker.interrupted_by": err.signal_name})
         raise
     except BaseException as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        _end(client, run_id, "FAILED", {"tracker.error": message[:5000],
-                                        "tracker.error_type": type(err).__name__})
+        recorder.end("FAILED", {"tracker.error": message[:5000], "tracker.error_type": type(err).__name__})
         raise
     else:
-        _end(client, run_id, "FINISHED", {}, end_ms)
+        recorder.end("FINISHED", {}, end_ms)
+        if recorder.spool is not None:
+            raise TrackingServerLost(
+                f"lost the MLflow tracking server at {client.tracking_uri} during run {run_id}: it ended "
+                f"FINISHED and its records are kept in {recorder.spool.path}; once the server is back, "
+                "run `tracker sync` to upload them")
+
+
+def sync() -> list[tuple[str, str]]:
+    """Upload the runs spooled for this tracking server, then close its orphans; returns
+    (run id, status) of each run uploaded. Raises TrackingServerError while it cannot be reached."""
+    from mlflow import MlflowClient
+
+    uri = check_tracking_server()
+    client = MlflowClient()
+    uploaded = []
+    for item in spool.pending(uri):
+        status = spool.replay(client, item, end=_end)
+        uploaded.append((item.run_id, status))
+        close_orphans(client, item.experiment_id)
+    return uploaded
 
 
 def experiment_id(client: Any, name: str) -> str:
