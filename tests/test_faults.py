@@ -169,6 +169,27 @@ def test_empty_and_nan_inputs_are_skipped_and_counted(cli, client, hermetic):
     assert run.data.tags["tracker.dataset.skipped_rows"] == "3"
 
 
+@pytest.mark.parametrize("flags, input_logged", [((), True), (("--no-log-inputs",), False)])
+def test_inputs_are_cut_short_in_the_sample_and_left_out_on_request(cli, client, hermetic, flags, input_logged):
+    import csv
+    import io
+
+    secret = "PATIENT-RECORD-7731 " + "x" * 400  # a private input, longer than the cut
+    path = hermetic / "private.csv"
+    path.write_text(f"text,label\n{secret},1\nfine film,0\n")
+    code, _, err = cli("run", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", str(path),
+                       "--target-column", "label", "--n-samples", "2", "--no-progress", *flags)
+    assert code == 0, err
+    [run] = all_runs(client)
+    sample = client.download_artifacts(run.info.run_id, "predictions_sample.csv", str(hermetic))
+    rows = list(csv.DictReader(io.StringIO(Path(sample).read_text())))
+    assert len(rows) == 2 and ("PATIENT-RECORD-7731" in Path(sample).read_text()) is input_logged
+    if input_logged:
+        assert rows[0]["input"].startswith("PATIENT-RECORD-7731") and len(rows[0]["input"]) == 200
+    else:
+        assert "input" not in rows[0] and run.data.params["log_inputs"] == "False"
+
+
 @pytest.mark.parametrize("content, message", [
     ("text,label\n", "has no usable rows: it holds no rows at all (a header alone)"),
     ("text,label\n,1\nNaN,0\n", "has no usable rows: its 2 row(s) are all empty, NaN or unusable"),

@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(run, RUN_FLAGS)
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     _add_trust_flag(run)
+    run.add_argument("--log-inputs", nargs="?", const="true", default=None, metavar="true|false",
+                     help="copy the first inputs into predictions_sample.csv (default: true)")
+    run.add_argument("--no-log-inputs", dest="log_inputs", action="store_const", const="false",
+                     help="keep inputs out of the run: predictions_sample.csv holds predictions and references")
     run.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
                      help="add a tag to the run (repeatable)")
     commands.add_parser("tasks", help="list the tasks with their default models and datasets")

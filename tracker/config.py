@@ -49,6 +49,7 @@ class RunConfig:
     text_column: str | None = None
     target_column: str | None = None
     progress: bool = True
+    log_inputs: bool = True  # the first inputs in predictions_sample.csv (False: predictions only)
 
     @classmethod
     def parse(cls, **raw: Any) -> RunConfig:
@@ -65,8 +66,9 @@ class RunConfig:
                               ("num_inference_steps", 1)):
             if name in values:
                 values[name] = _integer(name, values[name], minimum)
-        if "trust_remote_code" in values:
-            values["trust_remote_code"] = boolean("--trust-remote-code", values["trust_remote_code"])
+        for name in ("trust_remote_code", "log_inputs"):
+            if name in values:
+                values[name] = boolean(flag(name), values[name])
         for name in ("carbon_intensity", "guidance_scale", "min_duration_s", "wait_for_quiet"):
             if name in values:
                 values[name] = _number(name, values[name])
@@ -111,7 +113,7 @@ class RunConfig:
         # Waiting for quiet changes when a window starts, not what it measures. Settings added after
         # keys were first logged count only when set, so earlier runs keep matching.
         measured = {k: v for k, v in self.as_dict().items()
-                    if k not in ("progress", "experiment", "wait_for_quiet")
+                    if k not in ("progress", "experiment", "wait_for_quiet", "log_inputs")
                     and not (k == "min_duration_s" and v == 0) and not (k == "trust_remote_code" and not v)}
         return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
 

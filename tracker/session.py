@@ -39,6 +39,7 @@ from tracker.tracking import Heartbeat, RunRecorder, check_tracking_server, reco
 logger = logging.getLogger(__name__)
 
 PREDICTION_SAMPLE_ROWS = 50
+SAMPLE_TEXT_CHARS = 200  # inputs and predictions are cut to this in predictions_sample.csv
 VERSIONED_PACKAGES = ("tracker", "torch", "transformers", "codecarbon", "mlflow", "datasets")
 
 
@@ -103,7 +104,8 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
                 execute(plan, meter, outcome, progress)
         finally:
             meter.close()
-            logged = _log_outcome(recorder, plan, meter, outcome, note=tags.get("mlflow.note.content", ""))
+            logged = _log_outcome(recorder, plan, meter, outcome, note=tags.get("mlflow.note.content", ""),
+                                  log_inputs=config.log_inputs)
     return RunReport(recorder.run_id, config.experiment_name, *logged)
 
 
@@ -148,6 +150,8 @@ def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
         params["wait_for_quiet_s"] = config.wait_for_quiet
     if config.carbon_intensity is not None:
         params["carbon_intensity_override_g_per_kwh"] = config.carbon_intensity
+    if not config.log_inputs:
+        params["log_inputs"] = False
     params.update({k: v for k, v in plan.settings_params().items() if v is not None})
     return params
 
@@ -193,7 +197,7 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
 
 
 def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, *,
-                 note: str) -> tuple[dict[str, float], dict[str, str]]:
+                 note: str, log_inputs: bool) -> tuple[dict[str, float], dict[str, str]]:
     metrics = run_metrics(outcome, generative=plan.generative)
     tags = meter.provenance()
     if outcome.quality_unavailable:
@@ -211,7 +215,7 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outco
     if records:
         recorder.log_text(records, "codecarbon/emissions.csv")
     if outcome.predictions:
-        recorder.log_text(_prediction_sample(plan, outcome), "predictions_sample.csv")
+        recorder.log_text(_prediction_sample(plan, outcome, log_inputs), "predictions_sample.csv")
     return metrics, tags
 
 
@@ -259,19 +263,21 @@ def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attr
     return tags
 
 
-def _prediction_sample(plan: RunPlan, outcome: RunOutcome) -> str:
+def _prediction_sample(plan: RunPlan, outcome: RunOutcome, log_inputs: bool) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["input", "prediction", "reference"])
+    writer.writerow((["input"] if log_inputs else []) + ["prediction", "reference"])
     references = outcome.references or plan.dataset.targets
     for value, prediction, reference in list(zip(plan.dataset.inputs, outcome.predictions,
                                                  references))[:PREDICTION_SAMPLE_ROWS]:
-        writer.writerow([plan.task.describe_input(value), _short_text(prediction), _short_text(reference)])
+        row = [_short_text(prediction), _short_text(reference)]
+        writer.writerow(([_short_text(plan.task.describe_input(value))] if log_inputs else []) + row)
     return out.getvalue()
 
 
 def _short_text(value: Any) -> str:
-    return str(value)[:500]
+    text = str(value)
+    return text if len(text) <= SAMPLE_TEXT_CHARS else text[:SAMPLE_TEXT_CHARS - 1] + "…"
 
 
 def _short(model_name: str) -> str:
