@@ -169,6 +169,70 @@ def test_empty_and_nan_inputs_are_skipped_and_counted(cli, client, hermetic):
     assert run.data.tags["tracker.dataset.skipped_rows"] == "3"
 
 
+def _broken_model(tmp_path: Path, fault: str) -> Path:
+    """The built-in tiny classifier, copied and broken as a download or a copy breaks it."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tracker.models import builtin_model
+    from tracker.tasks import get_task
+
+    folder = tmp_path / fault
+    shutil.copytree(builtin_model(get_task("text-classification")).location, folder)
+    weights = folder / "model.safetensors"
+    if fault == "config-only":
+        weights.unlink()
+    elif fault == "corrupt-safetensors":
+        weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a broken download
+    elif fault in ("unsafe-pickle", "plain-pickle"):
+        state = load_file(str(weights))
+        if fault == "unsafe-pickle":
+            state["extra"] = argparse.Namespace(note="a pickled object: could be any code")
+        weights.unlink()
+        torch.save(state, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("config-only", "holds no weights"),
+    ("corrupt-safetensors", "model.safetensors is unreadable"),
+    ("unsafe-pickle", "pytorch_model.bin holds pickled objects (argparse.Namespace) that torch's safe loader"),
+])
+def test_a_model_that_cannot_be_loaded_is_refused_in_one_line_before_any_run(cli, client, tmp_path, fault,
+                                                                             message):
+    folder = _broken_model(tmp_path, fault)
+    code, _, err = cli("run", "--task", "text-classification", "--model", str(folder), "--dataset", "builtin",
+                       "--n-samples", "2", "--no-progress")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert message in line and "Traceback" not in err
+    assert "weights_only" not in err  # torch's advice to turn its safe loader off is never passed on
+    assert all_runs(client) == []
+
+
+def test_pickled_weights_that_load_safely_still_run(cli, client, tmp_path):
+    folder = _broken_model(tmp_path, "plain-pickle")
+    code, _, err = cli("run", "--task", "text-classification", "--model", str(folder), "--dataset", "builtin",
+                       "--n-samples", "2", "--no-progress")
+    assert code == 0, err
+    assert [r.info.status for r in all_runs(client)] == ["FINISHED"]
+
+
+def test_a_load_failure_at_load_time_is_one_line_without_torchs_advice(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from tracker.errors import ModelLoadError
+    from tracker.remote_code import pretrained
+
+    folder = _broken_model(tmp_path, "unsafe-pickle")  # as if it changed after the check
+    with pytest.raises(ModelLoadError) as raised:
+        pretrained(AutoModelForSequenceClassification, str(folder))
+    assert "argparse.Namespace" in str(raised.value) and "weights_only" not in str(raised.value)
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
 @pytest.mark.parametrize("flags, input_logged", [((), True), (("--no-log-inputs",), False)])
 def test_inputs_are_cut_short_in_the_sample_and_left_out_on_request(cli, client, hermetic, flags, input_logged):
     import csv

@@ -16,11 +16,14 @@ from tracker.builtin import BUILTIN_MODEL, build_once, builtin_dataset_file, rea
 from tracker.errors import ModelLoadError
 from tracker.remote_code import TRUST_FLAG, custom_code
 from tracker.tasks.base import Task, texts_of
+from tracker.weights import weights_problem
 
 logger = logging.getLogger(__name__)
 
 ModelSource = Literal["hub", "local", "package", "builtin-tiny"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
 @dataclass(frozen=True)
 class ModelChoice:
     name: str  # the `model` param: a Hub id, a path, or builtin-tiny
@@ -58,6 +61,9 @@ def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool,
             raise ModelLoadError(
                 f"model folder '{requested}' ships its own code ({code}), which runs only with "
                 f"{TRUST_FLAG}: pass it only if you trust that code")
+        problem = weights_problem(path)
+        if problem:
+            raise ModelLoadError(f"model folder '{requested}': {problem}")
         return ModelChoice(str(path.resolve()), str(path.resolve()), "local")
     if requested.startswith((".", "/", "~")) or not _HUB_ID.match(requested):
         raise ModelLoadError(

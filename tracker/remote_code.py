@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import ModelLoadError
+from tracker.weights import load_error
 
 TRUST_FLAG = "--trust-remote-code"
 # Files in which a model folder names code of its own for transformers or diffusers to import.
@@ -43,6 +44,11 @@ def pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
         if not allowed and "trust_remote_code" in str(err):
             raise ModelLoadError(f"model '{source}' needs its own code to load, which runs only with "
                                  f"{TRUST_FLAG}: pass it only for a model whose code you trust") from None
+        raise
+    except Exception as err:
+        problem = load_error(err)
+        if problem:  # from None: torch's own advice (turn its safe loader off) is never shown
+            raise ModelLoadError(f"model '{source}' cannot be loaded: {problem}") from None
         raise
 
 
