@@ -383,7 +383,7 @@ def test_a_lost_tracking_server_spools_the_run_and_sync_uploads_it(hermetic):
                             timeout=300)
     try:
         assert synced.returncode == 0, synced.stderr[-3000:]
-        assert "1 run(s) measured while this tracking server was lost" in synced.stderr  # commands mention it
+        assert "1 run(s) measured while this tracking store took no writes" in synced.stderr  # commands mention it
         assert f"run {run_id} uploaded, FINISHED" in synced.stdout
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.info.end_time
@@ -392,3 +392,122 @@ def test_a_lost_tracking_server_spools_the_run_and_sync_uploads_it(hermetic):
         assert not list((hermetic / "spool").glob("*"))
     finally:
         server.stop()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 32 MiB filesystem (tmpfs) that a test can fill, as a disk fills; skipped where mounting
+    is not allowed."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the filesystem of ``folder`` to the last byte; returns the filler to delete."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+        try:
+            while True:  # the last partial block
+                out.write(b"\0")
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_store_is_refused_in_one_line_within_seconds(cli, small_filesystem, monkeypatch):
+    import time
+
+    from tracker.tracking import prepare_sqlite_store
+
+    uri = f"sqlite:///{small_filesystem}/mlflow.db"
+    prepare_sqlite_store(uri)  # a store that worked, then its disk filled
+    _fill(small_filesystem)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    code, _, err = cli("run", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", "builtin",
+                       "--n-samples", "2", "--no-progress")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert "cannot be written" in line and "free some space" in line
+    assert time.monotonic() - started < 60  # no retries for minutes
+
+
+def test_a_read_only_store_is_refused_in_one_line(cli, hermetic, monkeypatch):
+    from tracker.tracking import prepare_sqlite_store
+
+    database = hermetic / "store" / "mlflow.db"
+    prepare_sqlite_store(f"sqlite:///{database}")
+    # chattr, not chmod: root (as in CI) writes through file modes
+    locked = subprocess.run(["chattr", "+i", str(database)], capture_output=True, text=True)
+    if locked.returncode != 0:
+        pytest.skip(f"cannot make a file immutable here: {locked.stderr.strip()}")
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{database}")
+        code, _, err = cli("run", "--task", "text-classification", "--model", "builtin-tiny", "--dataset",
+                           "builtin", "--n-samples", "2", "--no-progress")
+    finally:
+        subprocess.run(["chattr", "-i", str(database)], check=False)
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert "cannot be written (attempt to write a readonly database)" in line
+
+
+@pytest.mark.slow
+def test_a_store_that_fills_mid_run_spools_the_run_and_sync_uploads_it(hermetic, small_filesystem):
+    import os
+    import signal
+    import time
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{small_filesystem}/mlflow.db"
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
+    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
+               "--dataset", "builtin", "--n-samples", "600", "--no-progress", "--country", "FRA"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    client = MlflowClient(uri)
+    filler = None
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # until the run measures, its heartbeat reaching the store
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()]) \
+                if client.search_experiments() else []
+            if runs and runs[0].data.metrics.get("partial_inferences", 0) > 0:
+                break
+            assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
+            time.sleep(0.2)
+        run_id = runs[0].info.run_id
+        filler = _fill(small_filesystem)  # the disk fills mid-run
+        out, err = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 1, err[-3000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "stopped taking writes" in last and "tracker sync" in last
+    assert [p.stem for p in (hermetic / "spool").glob("*.jsonl")] == [run_id]
+
+    filler.unlink()  # space again
+    synced = subprocess.run([sys.executable, "-m", "tracker", "sync"], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["energy_kwh"] > 0
+    assert not list((hermetic / "spool").glob("*"))

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tracker: %(levelname)s: %(message)s")
     logging.getLogger("tracker").setLevel(logging.INFO)
+    # MLflow logs a store's failed write with its traceback before raising it; we say it in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         if args.command == "tasks":
             return _list_tasks()

@@ -32,26 +32,26 @@ PROVENANCE_FROM_LAUNCHER = ("mlflow.source.name", "mlflow.source.type", "mlflow.
 
 
 def check_tracking_server(timeout_s: float = 5.0) -> str:
-    """The tracking URI, after checking that a remote server answers at all."""
+    """The tracking URI, after checking that a SQLite store takes writes or a server answers; says
+    when runs spooled for this store wait for `tracker sync`."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
         prepare_sqlite_store(uri)
-    if not uri.startswith(("http://", "https://")):
-        return uri
-    reason = unreachable(uri, timeout_s)
-    if reason:
-        raise TrackingServerError(
-            f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
-            f"(mlflow server --host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to use "
-            f"the local store")
-    # MLflow retries a lost server for minutes by default: a few seconds, then the spool takes over.
-    for name, value in BOUNDED_RETRIES.items():
-        os.environ.setdefault(name, value)
+    if uri.startswith(("http://", "https://")):
+        reason = unreachable(uri, timeout_s)
+        if reason:
+            raise TrackingServerError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
+                f"(mlflow server --host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to use "
+                f"the local store")
+        # MLflow retries a lost server for minutes by default: a few seconds, then the spool takes over.
+        for name, value in BOUNDED_RETRIES.items():
+            os.environ.setdefault(name, value)
     waiting = spool.pending(uri)
     if waiting:
-        logger.warning("%d run(s) measured while this tracking server was lost wait in %s: run `tracker sync`",
+        logger.warning("%d run(s) measured while this tracking store took no writes wait in %s: run `tracker sync`",
                        len(waiting), spool.spool_dir())
     return uri
 
@@ -91,9 +91,50 @@ def prepare_sqlite_store(uri: str) -> None:
             fcntl.flock(handle, fcntl.LOCK_EX)
         tracking_store(uri)  # creates or migrates the schema, once, while the others wait
         registry_store(uri)
+    except Exception as err:
+        problem = store_unwritable(err)
+        if problem:
+            raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}") from None
+        raise
     finally:
         if handle is not None:
             handle.close()  # releases the lock
+    problem = _write_probe(database)
+    if problem:
+        raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}")
+
+
+STORE_REMEDY = "make it writable, free some space, or point MLFLOW_TRACKING_URI at another store"
+_UNWRITABLE = ("readonly database", "read-only file system", "disk is full", "no space left on device",
+               "unable to open database file", "disk i/o error", "permission denied")
+
+
+def store_unwritable(err: BaseException) -> str | None:
+    """The reason a store refused a write (read-only, full, gone), or None for other failures."""
+    text = str(err)
+    for line in text.splitlines():
+        if any(marker in line.lower() for marker in _UNWRITABLE):
+            return line.strip().removeprefix("(sqlite3.OperationalError) ")
+    return None
+
+
+def _write_probe(database: Path) -> str | None:
+    """Why a SQLite file takes no write, found in milliseconds by a write that is rolled back."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(database, timeout=5)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("CREATE TABLE tracker_write_probe (x INTEGER)")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err):
+            return None  # another process writes: the store is writable, MLflow will wait its turn
+        return str(err)
+    return None
 
 
 class RunRecorder:
@@ -108,6 +149,7 @@ class RunRecorder:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.spool: spool.Spool | None = None
+        self.lost: str | None = None  # why the store took no more, once it did not
         self._lock = threading.Lock()
 
     def log(self, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
@@ -140,16 +182,30 @@ class RunRecorder:
             try:
                 return call()
             except Exception as err:
-                uri = self.client.tracking_uri
-                lost = uri.startswith(("http://", "https://")) and unreachable(uri)
-                if not lost:
+                self.lost = self._lost(err)
+                if not self.lost:
                     raise
                 with self._lock:
                     if self.spool is None:
-                        self.spool = spool.Spool.create(uri, self.run_id, self.experiment_id, f"{lost} ({err})")
-                        logger.warning("lost the tracking server at %s (%s): run %s goes on, its records kept "
-                                       "in %s", uri, lost, self.run_id, self.spool.path)
+                        try:
+                            self.spool = spool.Spool.create(self.client.tracking_uri, self.run_id,
+                                                            self.experiment_id, f"{self.lost} ({err})")
+                        except OSError as spool_err:
+                            raise TrackingServerLost(
+                                f"{self.lost}, and the local spool cannot be written either ({spool_err}): "
+                                f"run {self.run_id} is lost beyond what the store took") from None
+                        logger.warning("%s: run %s goes on, its records kept in %s", self.lost, self.run_id,
+                                       self.spool.path)
         self.spool.append(spooled)
+
+    def _lost(self, err: Exception) -> str | None:
+        """Why the store can take no more of this run (gone, read-only, full), or None."""
+        uri = self.client.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            reason = unreachable(uri)
+            return f"lost the MLflow tracking server at {uri} ({reason})" if reason else None
+        reason = store_unwritable(err)
+        return f"the MLflow store {uri} stopped taking writes ({reason})" if reason else None
 
 
 # A measuring run tags its host and process, and beats every HEARTBEAT_S with the energy so far;
@@ -257,9 +313,8 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
         recorder.end("FINISHED", {}, end_ms)
         if recorder.spool is not None:
             raise TrackingServerLost(
-                f"lost the MLflow tracking server at {client.tracking_uri} during run {run_id}: it ended "
-                f"FINISHED and its records are kept in {recorder.spool.path}; once the server is back, "
-                "run `tracker sync` to upload them")
+                f"{recorder.lost} during run {run_id}: it ended FINISHED and its records are kept in "
+                f"{recorder.spool.path}; once the store takes writes again, run `tracker sync` to upload them")
 
 
 def sync() -> list[tuple[str, str]]:
