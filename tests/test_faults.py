@@ -511,3 +511,25 @@ def test_a_store_that_fills_mid_run_spools_the_run_and_sync_uploads_it(hermetic,
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["energy_kwh"] > 0
     assert not list((hermetic / "spool").glob("*"))
+
+
+@pytest.mark.parametrize("fault", ["a file", "a read-only folder"])
+def test_report_output_onto_a_file_or_a_read_only_folder_is_one_line(cli, client, tmp_path, fault):
+    target = tmp_path / "out"
+    if fault == "a file":
+        target.write_text("someone's notes")
+    else:
+        target.mkdir()
+        locked = subprocess.run(["chattr", "+i", str(target)], capture_output=True, text=True)
+        if locked.returncode != 0:
+            pytest.skip(f"cannot make a folder immutable here: {locked.stderr.strip()}")
+    try:
+        code, _, err = cli("report", "--output", str(target))
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], check=False, capture_output=True)
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert ("is a file, not a folder" if fault == "a file" else "cannot write into --output") in line
+    assert all_runs(client) == []  # refused before the report's run was made
+    if fault == "a file":
+        assert target.read_text() == "someone's notes"

@@ -8,6 +8,7 @@ as the artifacts of a report run, and tags every compared run with its stars.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,6 +46,25 @@ class ReportResult:
     files: list[Path]
 
 
+def _check_output(folder: Path) -> None:
+    """Refuse, before any work, an --output that is a file or a folder that takes no files."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--output '{folder}' is a file, not a folder: name a folder to write the report into")
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    probe = folder / ".tracker-write-probe"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"cannot write into --output '{folder}' ({err.strerror or err}): name a folder "
+                        "you can write to") from None
+    finally:
+        for made in created:  # nothing is left behind if the report stops before writing
+            with contextlib.suppress(OSError):
+                made.rmdir()
+
+
 def build_report(config: ReportConfig) -> ReportResult:
     from mlflow import MlflowClient
 
@@ -52,6 +72,7 @@ def build_report(config: ReportConfig) -> ReportResult:
     from tracker.tracking import check_tracking_server, recorded_run
 
     countries = tables.check_countries(list(config.countries))
+    _check_output(config.output)
     check_tracking_server()
     client = MlflowClient()
     experiments = list(config.experiments) or default_experiments(client)
