@@ -533,3 +533,122 @@ def test_report_output_onto_a_file_or_a_read_only_folder_is_one_line(cli, client
     assert all_runs(client) == []  # refused before the report's run was made
     if fault == "a file":
         assert target.read_text() == "someone's notes"
+
+
+def _wait_for_heartbeat(client, process, deadline_s=300):
+    """The first run once its heartbeat has logged inferences from inside the query phase."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while True:
+        runs = [r for r in all_runs(client) if r.data.metrics.get("partial_inferences", 0) > 0]
+        if runs:
+            return runs[0]
+        assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_two_quick_ctrl_c_end_the_run_killed_with_its_energy(client):
+    import os
+    import signal
+
+    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
+               "--dataset", "builtin", "--n-samples", "1000", "--no-progress", "--country", "FRA"]
+    process = subprocess.Popen(command, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        measuring = _wait_for_heartbeat(client, process)
+        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGINT)  # at once: it lands while the first is being handled
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err
+    run = client.get_run(measuring.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["tracker.interrupted_by"] == "SIGINT"
+    assert run.data.metrics["energy_kwh"] > 0 and run.data.metrics["inferences_measured"] > 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_under_mlflow_run_ends_the_measured_run_killed(client, hermetic):
+    """A terminal's Ctrl-C reaches the whole foreground group: `mlflow run`, and our process, which
+    then also gets the SIGTERM with which `mlflow run` cancels its child."""
+    import os
+    import signal
+
+    from conftest import REPO
+
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
+               "-P", "task=summarization", "-P", "n_samples=1000", "-P", "country=FRA"]
+    process = subprocess.Popen(command, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"), cwd=hermetic,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        measuring = _wait_for_heartbeat(client, process)
+        os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C, to the process group
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    run = client.get_run(measuring.info.run_id)
+    assert run.info.status == "KILLED", err[-3000:]
+    assert run.data.tags["tracker.interrupted_by"] in ("SIGINT", "SIGTERM")
+    assert run.data.metrics["energy_kwh"] > 0 and run.data.metrics["inferences_measured"] > 0
+    assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
+
+
+def test_ctrl_c_before_the_run_opens_is_one_line_and_no_run(client, hermetic):
+    import os
+    import signal
+
+    fifo = hermetic / "reviews.jsonl"
+    os.mkfifo(fifo)  # reading it blocks until a writer comes: the command waits before any run
+    command = [sys.executable, "-m", "tracker", "run", "--task", "text-classification", "--model", "builtin-tiny",
+               "--dataset", str(fifo), "--target-column", "label", "--n-samples", "2", "--no-progress"]
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        writer = open(fifo, "w")  # returns once the command has opened the dataset: the event
+        os.kill(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+        writer.close()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "tracker: interrupted by SIGINT before a run was open; nothing was recorded"
+    assert all_runs(client) == []
+
+
+def test_ctrl_c_during_an_import_leaves_nothing_running_or_failed(client, hermetic):
+    import os
+    import signal
+    import time
+
+    records = hermetic / "emissions.csv"
+    header = "timestamp,project_name,run_id,duration,emissions,energy_consumed,cpu_energy,gpu_energy,ram_energy"
+    rows = [f"2024-01-01T00:{i // 60:02d}:{i % 60:02d},model-{i},run-{i},10,0.001,0.002,0.001,0,0.001"
+            for i in range(3000)]
+    records.write_text("\n".join([header, *rows]) + "\n")
+    command = [sys.executable, "-m", "tracker", "import-codecarbon", str(records), "--task", "text-classification",
+               "--dataset", "imdb", "--n-samples", "1000"]
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(all_runs(client)) < 3:  # importing: some records are runs already
+            assert process.poll() is None and time.monotonic() < deadline, "the import never started"
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGINT, err[-3000:]
+    assert "Traceback" not in err
+    statuses = [r.info.status for r in all_runs(client)]
+    assert "RUNNING" not in statuses and "FAILED" not in statuses
+    assert statuses.count("KILLED") <= 1 and statuses.count("FINISHED") >= 2

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.config import RunConfig, flag
+from tracker.tracking import end_run, failed_run
 
 
 @dataclass
@@ -54,8 +55,7 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> Ch
         run_id = _record_failed_start(client, config, tags, reason)
         return ChildResult(client.get_run(run_id), "FAILED", reason, seconds)
     if run.info.status == "RUNNING":  # the process died without closing its run
-        client.set_tag(run.info.run_id, "tracker.error", reason)
-        client.set_terminated(run.info.run_id, "FAILED")
+        end_run(client, run.info.run_id, "FAILED", {"tracker.error": reason})
         return ChildResult(client.get_run(run.info.run_id), "FAILED", reason, seconds)
     status = run.info.status if run.info.status in ("FAILED", "KILLED") else "FAILED"
     return ChildResult(run, status, run.data.tags.get("tracker.error", reason), seconds)
@@ -63,19 +63,11 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> Ch
 
 def _record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
     """A FAILED run for a configuration whose process failed before it could make its run."""
-    from mlflow.entities import Param
-
-    from tracker.tracking import experiment_id
-
     requested = {k: v for k, v in config.as_dict().items()
                  if v is not None and k not in ("progress", "experiment")}
-    run = client.create_run(experiment_id(client, config.experiment_name),
-                            run_name=f"{config.model} · {config.dataset or 'default'} (failed to start)",
-                            tags=tags | {"tracker.error": reason[:5000], "tracker.config_key": config.key(),
-                                         "tracker.run.started": "false"})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in requested.items()])
-    client.set_terminated(run.info.run_id, "FAILED")
-    return run.info.run_id
+    return failed_run(client, config.experiment_name,
+                      f"{config.model} · {config.dataset or 'default'} (failed to start)",
+                      tags | {"tracker.config_key": config.key(), "tracker.run.started": "false"}, requested, reason)
 
 
 def _relay(command: list[str]) -> tuple[int, str]:

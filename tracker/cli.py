@@ -14,6 +14,7 @@ import sys
 
 from tracker.config import RunConfig, boolean
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
+from tracker.signals import signals_restored
 
 # Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
 RUN_FLAGS = {
@@ -129,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tracker").setLevel(logging.INFO)
     # MLflow logs a store's failed write with its traceback before raising it; we say it in one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    with signals_restored():
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "tasks":
             return _list_tasks()
@@ -149,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as err:
         print(f"tracker: run {err}; logged as KILLED with the energy measured so far", file=sys.stderr)
         return 128 + getattr(signal, err.signal_name)
+    except KeyboardInterrupt:  # before any run was made (loading a model, reading records)
+        print("tracker: interrupted by SIGINT before a run was open; nothing was recorded", file=sys.stderr)
+        return 128 + signal.SIGINT
     except TrackerError as err:  # something failed on the way (not a bad input): one line, exit 1
         print(f"tracker: error: {err}", file=sys.stderr)
         return 1

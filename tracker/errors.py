@@ -39,8 +39,11 @@ class TrackingServerLost(TrackerError):
     """The tracking server stopped answering mid-run: the run's records went to the local spool."""
 
 
-class RunInterrupted(TrackerError):
-    """SIGINT or SIGTERM arrived while a run was in progress."""
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived while a run was in progress.
+
+    A BaseException, like KeyboardInterrupt: an ``except Exception`` on its way (ours around the
+    meter, CodeCarbon's own) must not swallow it and let the run go on."""
 
     def __init__(self, signal_name: str) -> None:
         super().__init__(f"interrupted by {signal_name}")

@@ -24,6 +24,7 @@ from tracker.energy import Energy
 from tracker.errors import ConfigError
 from tracker.meter import PhaseReading
 from tracker.runner import LOAD_PHASE, QUERY_PHASE, QueryReading, RunOutcome
+from tracker.signals import interrupts_raise
 from tracker.summary import run_metrics
 
 logger = logging.getLogger(__name__)
@@ -80,15 +81,16 @@ def import_records(config: ImportConfig) -> ImportSummary:
     client = MlflowClient()
     summary = ImportSummary(config.experiment_name)
     known = _imported_keys(client, experiment_id(client, config.experiment_name))
-    for path, row in records:
-        key = record_key(row)
-        if key in known:
-            summary.already_imported += 1
-            continue
-        rows = phases.get(row.get("run_id", ""), [])
-        summary.without_phases += not rows
-        summary.imported.append(_import_one(config, path, row, rows, key))
-        known.add(key)
+    with interrupts_raise():  # Ctrl-C ends the record being imported KILLED; those before it stay
+        for path, row in records:
+            key = record_key(row)
+            if key in known:
+                summary.already_imported += 1
+                continue
+            rows = phases.get(row.get("run_id", ""), [])
+            summary.without_phases += not rows
+            summary.imported.append(_import_one(config, path, row, rows, key))
+            known.add(key)
     return summary
 
 

@@ -1,4 +1,6 @@
-"""MLflow: where runs go, and a run's lifecycle (never left RUNNING).
+"""MLflow: where runs go, and a run's lifecycle (never left RUNNING). The only module that opens
+and ends runs: measured runs (``recorded_run``), a search's parent (``open_run``, ``resumed_run``),
+attempts that died before their run (``failed_run``, ``end_run``), orphans, spooled runs.
 
 One experiment per task by default. Under ``mlflow run`` (MLFLOW_RUN_ID set), the launcher's run
 holds the raw -P values (an empty model, device "auto") and sits in whatever experiment
@@ -23,6 +25,7 @@ from typing import Any
 
 from tracker import spool
 from tracker.errors import RunInterrupted, TrackingServerError, TrackingServerLost
+from tracker.signals import defer_interrupts
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +181,14 @@ class RunRecorder:
                    lambda: _end(self.client, self.run_id, status, tags, end_ms))
 
     def _call(self, spooled: dict[str, Any], call: Callable[[], Any]) -> None:
+        release = defer_interrupts() if threading.current_thread() is threading.main_thread() else None
+        try:
+            self._store_or_spool(spooled, call)
+        finally:
+            if release is not None:
+                release()  # an interrupt that came during the write is raised now that it is whole
+
+    def _store_or_spool(self, spooled: dict[str, Any], call: Callable[[], Any]) -> None:
         if self.spool is None:
             try:
                 return call()
@@ -298,12 +309,18 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
         close_orphans(client, exp_id)
         _swept.add((client.tracking_uri, exp_id))
     tags = tags | {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
-    run_id = _start_run(client, exp_id, run_name, tags, start_ms)
+    release = defer_interrupts()
+    try:
+        run_id = _start_run(client, exp_id, run_name, tags, start_ms)
+    except BaseException:
+        release()
+        raise
     recorder = RunRecorder(client, run_id, exp_id)
     try:
+        release()  # a Ctrl-C that came while the run was being created is raised here
         yield recorder
-    except RunInterrupted as err:
-        recorder.end("KILLED", {"tracker.interrupted_by": err.signal_name})
+    except (RunInterrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a Ctrl-C outside interrupts_raise
+        recorder.end("KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")})
         raise
     except BaseException as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -315,6 +332,49 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
             raise TrackingServerLost(
                 f"{recorder.lost} during run {run_id}: it ended FINISHED and its records are kept in "
                 f"{recorder.spool.path}; once the store takes writes again, run `tracker sync` to upload them")
+
+
+def open_run(client: Any, experiment: str, run_name: str, tags: dict[str, str],
+             params: dict[str, Any] | None = None) -> str:
+    """A RUNNING run that outlives this call (a search's parent, resumed by its workers): its
+    owner ends it with ``resumed_run`` or ``end_run``."""
+    from mlflow.entities import Param
+
+    run_id = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags).info.run_id
+    if params:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run_id
+
+
+@contextmanager
+def resumed_run(client: Any, run_id: str) -> Iterator[None]:
+    """A run opened earlier, RUNNING again while this block works on it, then ended FINISHED,
+    KILLED (the signal tagged) or FAILED (the reason tagged) as the block ends."""
+    client.update_run(run_id, status="RUNNING")
+    try:
+        yield
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        end_run(client, run_id, "KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")})
+        raise
+    except BaseException as err:
+        end_run(client, run_id, "FAILED", {"tracker.error": (str(err).splitlines() or [type(err).__name__])[0][:5000]})
+        raise
+    else:
+        end_run(client, run_id, "FINISHED")
+
+
+def failed_run(client: Any, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
+               reason: str) -> str:
+    """A run that is FAILED from the start: the record of an attempt whose process failed before
+    it could make its own run."""
+    run_id = open_run(client, experiment, run_name, tags | {"tracker.error": reason[:5000]}, params)
+    end_run(client, run_id, "FAILED")
+    return run_id
+
+
+def end_run(client: Any, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """End a run this process did not open with ``recorded_run`` (a parent, a dead child's run)."""
+    _end(client, run_id, status, tags or {})
 
 
 def sync() -> list[tuple[str, str]]:
