@@ -23,7 +23,7 @@ import pytest
 from conftest import all_runs
 from tracker.attribution import FullLoadRates, Window, attribute, contention, gpu_unavailable
 from tracker.energy import Energy
-from tracker.readings import CpuTimes, GpuState, Snapshot, SystemProbe, rapl_delta_uj, visible_gpu
+from tracker.readings import CpuTimes, Snapshot, SystemProbe, rapl_delta_uj, visible_gpu
 from tracker.stats import Spread, percentile, pooled, ratio_interval
 
 

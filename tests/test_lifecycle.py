@@ -19,8 +19,8 @@ def _tracker(*args, env=None, **popen):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-def _wait_for_query_phase(proc, timeout=90):
-    """Read the child's stderr until its progress bar shows measured inferences."""
+def _wait_for_query_phase(proc, timeout=180, at_least=1):
+    """Read the child's stderr until its progress bar shows ``at_least`` measured inferences."""
     deadline = time.time() + timeout
     seen = ""
     while time.time() < deadline:
@@ -28,7 +28,8 @@ def _wait_for_query_phase(proc, timeout=90):
         if not chunk:
             break
         seen += chunk
-        if re.search(r"\| *[1-9]\d*/\d+ \[", seen[-200:]):  # at least one measured inference
+        done = re.findall(r"\| *(\d+)/\d+ \[", seen[-200:])
+        if done and int(done[-1]) >= at_least:
             return seen
     raise AssertionError(f"query phase never started: {seen[-2000:]}")
 
@@ -37,8 +38,7 @@ def _wait_for_query_phase(proc, timeout=90):
 def test_signal_mid_run_ends_killed_with_partial_energy(client, sig, code):
     # Long enough to interrupt: 2,000 summaries one at a time with the tiny model.
     proc = _tracker("--task", "summarization", "--n-samples", "2000", "--country", "FRA")
-    _wait_for_query_phase(proc)
-    time.sleep(2)
+    _wait_for_query_phase(proc, at_least=20)  # well inside the query phase: some energy to keep
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]

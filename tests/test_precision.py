@@ -1,5 +1,6 @@
 """Precisions that kill the process are found in a child process, never in the run itself."""
 
+import os
 import sys
 
 import pytest
@@ -17,7 +18,12 @@ DIES_UNLESS_CAPPED = ("import os, signal\n"
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACKER_CACHE_DIR", str(tmp_path / "probe-cache"))
-    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    before = os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    yield
+    # ensure_supported sets the cap for the whole process, as a run needs: not for the next tests
+    os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    if before is not None:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = before
 
 
 def _child(monkeypatch, code):
@@ -41,8 +47,6 @@ def test_bf16_that_works_with_the_onednn_cap_gets_it(fresh_cache, monkeypatch):
     _child(monkeypatch, DIES_UNLESS_CAPPED)
     result = precision.ensure_supported("cpu", "bf16")
     assert result.ok and result.env == {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
-    import os
-
     assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX512_CORE_BF16"
 
 

@@ -180,15 +180,16 @@ def _wait_for_running_trial(storage, deadline_s=120):
     raise AssertionError("no trial started")
 
 
-def _wait_for_trial_run(client, number, deadline_s=120):
+def _wait_for_trial_run(client, number, deadline_s=180):
+    """The trial's run once its heartbeat shows it inside its query phase (TRACKER_HEARTBEAT_S small)."""
     deadline = time.time() + deadline_s
     while time.time() < deadline:
-        runs = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.trial") == str(number)]
+        runs = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.trial") == str(number)
+                and r.data.metrics.get("partial_inferences", 0) > 0]
         if runs:
-            time.sleep(3)  # into its query phase
             return runs[0].info.run_id
         time.sleep(0.5)
-    raise AssertionError(f"trial {number} never made its run")
+    raise AssertionError(f"trial {number} never reached its query phase")
 
 
 def _wait_for_run_to_end(client, run_id, deadline_s):
@@ -205,7 +206,7 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
     # One setting (batch 1, fp32) long enough to be killed mid-measurement: 3 windows of 200 tiny summaries.
     settings = ("--task", "summarization", "--n-samples", "200", "--n-trials", "3", "--max-batch-size", "1",
                 "--precisions", "fp32", "--heartbeat-s", "1", "--study-name", "resumable")
-    worker = _tune_process(storage, *settings)
+    worker = _tune_process(storage, *settings, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"))
     again = None
     try:
         killed = _wait_for_running_trial(storage, deadline_s=300)
@@ -244,10 +245,10 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
 
 
 def test_a_second_worker_on_sqlite_is_refused(cli, hermetic):
-    from tracker.tune import _single_sqlite_worker
+    from tracker.tune.storage import single_sqlite_worker
 
     storage = f"sqlite:///{hermetic}/optuna.db"
-    with _single_sqlite_worker(storage):
+    with single_sqlite_worker(storage):
         code, _, err = cli("tune", *BASE, "--storage", storage)
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
@@ -312,7 +313,7 @@ def _study_with(trials, baselines):
 
 
 def test_a_tie_is_declared_only_when_the_intervals_overlap():
-    from tracker.tune import _tie, best_trials
+    from tracker.tune.results import _tie, best_trials
 
     close = _study_with([(64, "int8", [1.00, 1.02, 0.98]), (32, "int8", [1.01, 1.04, 1.00]),
                          (1, "fp32", [9.0, 9.1, 8.9])], [])
@@ -326,7 +327,7 @@ def test_a_tie_is_declared_only_when_the_intervals_overlap():
 
 def test_the_baseline_pools_its_quiet_measurements_and_the_ratio_has_an_interval():
     from tracker.stats import ratio_interval
-    from tracker.tune import baseline_spread
+    from tracker.tune.baseline import baseline_spread
 
     study = _study_with([], [([10.0, 10.2, 9.8], False), ([11.0, 11.2, 10.8], False), ([30.0, 31.0, 29.0], True)])
     baseline = baseline_spread(study)

@@ -1,0 +1,198 @@
+"""What a search found: the feasible and best trials, a tie within the measured spread, and the
+summary, trials table and plots logged on the parent run."""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from typing import Any
+
+from tracker.pareto import pareto_front
+from tracker.stats import Spread, ratio_interval
+from tracker.tune.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, stored_spread
+
+
+def feasible_trials(study: Any) -> list[Any]:
+    import optuna
+
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.user_attrs.get("constraint", [math.inf])[0] <= 0]
+
+
+def best_trials(study: Any) -> list[Any]:
+    """The lowest carbon per output among feasible trials; the feasible Pareto front for pareto."""
+    feasible = feasible_trials(study)
+    if not feasible:
+        return []
+    if len(study.directions) == 1:
+        return [min(feasible, key=lambda t: t.values[0])]
+    return _front(feasible, study)
+
+
+def _front(trials: list[Any], study: Any) -> list[Any]:
+    """Trials no other trial beats on both carbon and quality (the pareto objective's two values)."""
+    return pareto_front(trials, cost=lambda t: t.values[0], quality=lambda t: t.values[1],
+                        higher_is_better=bool(study.user_attrs.get("higher_is_better", True)))
+
+
+def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
+    """Best settings, baseline and carbon_reduction_x, a trials table and plots, on the parent run."""
+    from mlflow.entities import Metric
+
+    _close_orphans(client, study, parent_id)
+    attrs = study.user_attrs
+    best = best_trials(study)
+    baseline = baseline_spread(study)
+    summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials),
+                               "baseline_emissions_g_per_output": baseline.mean,
+                               "baseline_measurements": len([k for k in attrs if k.startswith(BASELINE_ATTR)]),
+                               "reference_quality": attrs.get("reference_quality", math.nan)}
+    now = int(time.time() * 1000)
+    metrics = {"baseline_emissions_g_per_output": baseline.mean,
+               "baseline_measurements": float(summary["baseline_measurements"]),
+               "reference_quality": float(attrs.get("reference_quality", math.nan)),
+               "trials_total": float(len(study.trials)),
+               "trials_feasible": float(len(feasible_trials(study)))}
+    tags = {}
+    if best:
+        top = best[0]
+        carbon = top.values[0]
+        top_spread = stored_spread(top.user_attrs.get("carbon"))
+        ratio, low, high = ratio_interval(baseline, top_spread if top_spread.n else Spread(carbon, math.nan, 1))
+        summary.update(best_params=top.params, best_trial=top.number, best_emissions_g_per_output=carbon,
+                       best_quality=top.user_attrs.get("quality"), carbon_reduction_x=ratio,
+                       carbon_reduction_x_ci95=(low, high),
+                       pareto=[{"trial": t.number, **t.params, "emissions_g_per_output": t.values[0],
+                                "quality": t.user_attrs.get("quality")} for t in best])
+        metrics.update(best_emissions_g_per_output=carbon, best_quality=float(top.user_attrs.get("quality", math.nan)),
+                       best_batch_size=float(top.params["batch_size"]), carbon_reduction_x=ratio,
+                       carbon_reduction_x_ci95_low=low, carbon_reduction_x_ci95_high=high)
+        tags = {"tracker.tune.best.batch_size": str(top.params["batch_size"]),
+                "tracker.tune.best.precision": top.params["precision"],
+                "tracker.tune.best.trial": str(top.number),
+                "tracker.tune.best.run_id": top.user_attrs.get("run_id", "")}
+        tie = _tie(study, top) if len(study.directions) == 1 else None
+        if tie:
+            summary["tie"] = tie
+            tags["tracker.tune.best.tie"] = tie
+    else:
+        tags = {"tracker.tune.best": "none: no feasible trial yet"}
+    client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[_tag(k, v) for k, v in tags.items()])
+    client.log_text(parent_id, trials_table(study), "trials.csv")
+    _log_plots(client, study, parent_id)
+    return summary
+
+
+def _tie(study: Any, best: Any) -> str | None:
+    """The runner-up, in words, when its 95% interval overlaps the best's: within the measured
+    spread, so the search cannot tell them apart."""
+    others = [t for t in feasible_trials(study) if t.params != best.params and t.values]
+    if not others:
+        return None
+    runner = min(others, key=lambda t: t.values[0])
+    a, b = stored_spread(best.user_attrs.get("carbon")), stored_spread(runner.user_attrs.get("carbon"))
+    if not a.overlaps(b):
+        return None
+    (a_low, a_high), (b_low, b_high) = a.ci95, b.ci95
+    return (f"batch {best.params['batch_size']}, {best.params['precision']} (trial {best.number}) and batch "
+            f"{runner.params['batch_size']}, {runner.params['precision']} (trial {runner.number}) are within the "
+            f"measured spread: 95% intervals {a_low:.3g} to {a_high:.3g} and {b_low:.3g} to {b_high:.3g} "
+            f"gCO2eq per output overlap")
+
+
+def _close_orphans(client: Any, study: Any, parent_id: str) -> None:
+    """Runs of trials whose worker died with them (killed with its whole process group): the
+    trial was failed through the heartbeat; its run is closed FAILED, not left RUNNING."""
+    from tracker.tracking import end_run
+
+    failed = {str(t.number) for t in study.trials if t.state.name == "FAIL"}
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    for run in client.search_runs([experiment_id], filter_string=(
+            f"tags.`tracker.tune.study` = '{study.study_name}' and attributes.status = 'RUNNING'")):
+        if run.data.tags.get("tracker.tune.trial") in failed:
+            end_run(client, run.info.run_id, "FAILED", {
+                "tracker.error": "its worker died; the trial was failed through Optuna's heartbeat and retried",
+                "tracker.tune.state": "FAIL"})
+
+
+def _tag(key: str, value: str) -> Any:
+    from mlflow.entities import RunTag
+
+    return RunTag(key, value)
+
+
+def trials_table(study: Any) -> str:
+    import pandas as pd
+
+    rows = []
+    for t in study.trials:
+        rows.append({"trial": t.number, "state": t.state.name, **t.params,
+                     OBJECTIVE_METRIC: t.values[0] if t.values else math.nan,
+                     "quality": t.user_attrs.get("quality", math.nan),
+                     "feasible": t.user_attrs.get("constraint", [math.inf])[0] <= 0,
+                     "run_id": t.user_attrs.get("run_id", ""),
+                     "note": t.user_attrs.get("fail_reason")
+                     or (f"duplicate of trial {t.user_attrs['duplicate_of']}" if "duplicate_of" in t.user_attrs else "")})
+    out = io.StringIO()
+    pd.DataFrame(rows).to_csv(out, index=False)
+    return out.getvalue()
+
+
+def _log_plots(client: Any, study: Any, parent_id: str) -> None:
+    """Optimization history, carbon against quality with the Pareto front, carbon by settings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.trials if t.state.name == "COMPLETE" and t.values]
+    if not done:
+        return
+    feasible = {t.number for t in feasible_trials(study)}
+    front = {t.number for t in _front(
+        [t for t in done if "quality" in t.user_attrs and not math.isnan(t.user_attrs["quality"])],
+        study)} if len(study.directions) == 2 else set()
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    numbers = [t.number for t in done]
+    values = [t.values[0] for t in done]
+    best_so_far = [min(v for t, v in zip(done[:i + 1], values[:i + 1]) if t.number in feasible)
+                   if any(t.number in feasible for t in done[:i + 1]) else math.nan for i in range(len(done))]
+    axis.scatter(numbers, values, c=["tab:blue" if n in feasible else "tab:red" for n in numbers], s=18,
+                 label="trial (red: infeasible)")
+    axis.plot(numbers, best_so_far, color="black", label="best feasible so far")
+    axis.set(xlabel="trial", ylabel="gCO2eq per output", yscale="log", title="Optimization history")
+    axis.legend()
+    _save(client, parent_id, figure, "plots/optimization_history.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for t in done:
+        quality = t.user_attrs.get("quality", math.nan)
+        axis.scatter(t.values[0], quality, s=30 if t.number in front else 14,
+                     c="tab:green" if t.number in front else ("tab:blue" if t.number in feasible else "tab:red"))
+        axis.annotate(f"bs{t.params['batch_size']} {t.params['precision']}", (t.values[0], quality), fontsize=6)
+    reference = study.user_attrs.get("reference_quality")
+    if reference is not None and not math.isnan(reference):
+        axis.axhline(reference, color="grey", linestyle="--", label="fp32 reference quality")
+        axis.legend()
+    axis.set(xlabel="gCO2eq per output", ylabel=str(study.user_attrs.get("quality_metric", "quality")),
+             xscale="log", title="Carbon against quality (green: Pareto front, red: infeasible)")
+    _save(client, parent_id, figure, "plots/carbon_vs_quality.png")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for precision in sorted({t.params["precision"] for t in done}):
+        points = sorted((t.params["batch_size"], t.values[0]) for t in done if t.params["precision"] == precision)
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=precision)
+    axis.set(xlabel="batch size", ylabel="gCO2eq per output", xscale="log", yscale="log",
+             title="Carbon per output by batch size and precision")
+    axis.legend()
+    _save(client, parent_id, figure, "plots/carbon_by_settings.png")
+
+
+def _save(client: Any, run_id: str, figure: Any, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    client.log_figure(run_id, figure, path)
+    plt.close(figure)

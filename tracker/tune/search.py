@@ -1,0 +1,228 @@
+"""The search: the creating worker's parent run and baseline, then the objective that measures each
+trial in a child process and scores it against the constraint."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Any
+
+from tracker.child import measure_in_child
+from tracker.config import RunConfig
+from tracker.errors import RunInterrupted, TrackerError
+from tracker.signals import interrupts_raise
+from tracker.tune.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
+                                   record_baseline, wait_for_baseline)
+from tracker.tune.config import TuneConfig, feasibility
+from tracker.tune.results import summarize
+from tracker.tune.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
+
+logger = logging.getLogger(__name__)
+
+MAX_PROPOSALS_PER_TRIAL = 10  # a bound on proposals when the sampler keeps repeating settings
+
+
+class TrialFailed(TrackerError):
+    """A trial's run did not finish; the reason is on the trial and its MLflow run."""
+
+
+def tune(config: TuneConfig) -> dict[str, Any]:
+    """Run (or continue) the search; returns the summary also logged on the parent run."""
+    import optuna
+    from mlflow import MlflowClient
+
+    from tracker.session import resolve_device
+    from tracker.tasks import get_task
+    from tracker.tracking import check_tracking_server, resumed_run
+
+    check_tracking_server()
+    task = get_task(config.run.task)
+    device = resolve_device(config.run.device)
+    client = MlflowClient()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # SIGTERM as well as Ctrl-C unwinds through here, so the parent run always ends.
+    with interrupts_raise(), single_sqlite_worker(config.storage):
+        storage = open_storage(config)
+        study, created = create_or_load(config, storage, task.higher_is_better)
+        if not created and baseline_failed(client, study):
+            # A study whose baseline failed has nothing to compare with: begin it again.
+            logger.info("study %s: its baseline failed earlier; measuring it again", study.study_name)
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+            study, created = create_or_load(config, storage, task.higher_is_better)
+        if created:
+            _start_search(client, config, study, task, device)
+        study = wait_for_baseline(study)
+        parent_id = study.user_attrs["parent_run_id"]
+        objective = _Objective(client, config, study, parent_id, device)
+        space = len(objective.batch_sizes) * len(objective.precisions)
+        with resumed_run(client, parent_id):  # RUNNING again when a study is resumed; ended as the search ends
+            try:
+                study.optimize(objective, n_trials=MAX_PROPOSALS_PER_TRIAL * config.n_trials,
+                               callbacks=[_StopWhenDone(config.n_trials, space)], catch=(TrialFailed,))
+            finally:
+                summary = summarize(client, study, parent_id)
+    return summary
+
+
+class _StopWhenDone:
+    """Stops every worker once the study has ``n_trials`` measured trials (finished or failed), or
+    every setting of the space has finished. Duplicates, pruned without measuring, do not count;
+    a worker also stops after MAX_PROPOSALS_PER_TRIAL x n_trials proposals of its own."""
+
+    def __init__(self, n_trials: int, space: int) -> None:
+        self.n_trials, self.space = n_trials, space
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        states = optuna.trial.TrialState
+        measured = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL))
+        finished = {tuple(sorted(t.params.items())) for t in measured if t.state == states.COMPLETE}
+        if len(measured) >= self.n_trials or len(finished) >= self.space:
+            study.stop()
+
+
+def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device: str) -> None:
+    """The creating worker: the parent run, the search space, then the baseline on the study."""
+    from tracker.tracking import end_run, open_run
+
+    run = config.run
+    tags = {"tracker.tune.study": study.study_name, "tracker.tune.role": "parent",
+            "tracker.tune.storage": safe_url(config.storage),
+            "mlflow.note.content": (f"Search of batch size x precision for the lowest {OBJECTIVE_METRIC} "
+                                    f"keeping {task.primary_metric} within {config.max_quality_drop:.1%} "
+                                    "of the fp32 reference; trials are nested below.")}
+    launcher = os.environ.get("MLFLOW_RUN_ID")  # set under `mlflow run -e tune`
+    if launcher:
+        tags["tracker.launcher_run_id"] = launcher
+    params = {"task": run.task, "model": run.model or "default", "dataset": run.dataset or "default",
+              "n_samples": run.n_samples, "device": device, "objective": config.objective,
+              "max_quality_drop": config.max_quality_drop, "n_trials": config.n_trials,
+              "batch_sizes": ",".join(map(str, config.batch_sizes())),
+              "precisions": ",".join(config.search_precisions(device)), "study_name": study.study_name}
+    parent_id = open_run(client, run.experiment_name, f"tune · {study.study_name}", tags, params)
+    if launcher:
+        client.set_tag(launcher, "mlflow.note.content", f"Launcher of `mlflow run -e tune`: the search's "
+                       f"parent run is {parent_id}.")
+        client.set_tag(launcher, "tracker.tune.parent_run_id", parent_id)
+    study.set_user_attr("parent_run_id", parent_id)
+    study.set_user_attr("quality_metric", task.primary_metric)
+    study.set_user_attr("higher_is_better", task.higher_is_better)
+
+    # The paper's protocol: quality reference and carbon baseline in one measurement.
+    try:
+        result = measure_in_child(client, baseline_config(run), {
+            "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
+            "mlflow.parentRunId": parent_id})
+    except (KeyboardInterrupt, RunInterrupted) as err:  # the next tune on this study begins it again
+        end_run(client, parent_id, "KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")})
+        raise
+    if result.status != "FINISHED":
+        end_run(client, parent_id, "FAILED", {"tracker.error": f"baseline (batch 1, fp32) failed: {result.reason}"})
+        raise TrackerError(f"the baseline run (batch 1, fp32) of study '{study.study_name}' failed, so there is "
+                           f"no quality to keep: {result.reason}. The same command measures it again")
+    metrics = result.run.data.metrics
+    record_baseline(study, result.run)
+    study.set_user_attr("baseline_run_id", result.run.info.run_id)
+    study.set_user_attr("baseline_duration_s", metrics["duration_s"])
+    # Set last: other workers wait for it.
+    study.set_user_attr("reference_quality", metrics.get("quality", math.nan))
+
+
+class _Objective:
+    """Measures one trial's settings in a child process and scores it; every ``baseline_every``
+    trials of this worker, measures the baseline again."""
+
+    def __init__(self, client: Any, config: TuneConfig, study: Any, parent_id: str, device: str) -> None:
+        attrs = study.user_attrs
+        self.client, self.config, self.parent_id = client, config, parent_id
+        self.reference = float(attrs["reference_quality"])
+        self.higher_is_better = bool(attrs["higher_is_better"])
+        self.batch_sizes = config.batch_sizes()
+        self.precisions = config.search_precisions(device)
+        # Short windows are noisy: repeat the query phase until the baseline would fill the window.
+        baseline_s = float(attrs.get("baseline_duration_s") or config.min_window_s)
+        self.repeats = max(config.run.repeats, MIN_WINDOWS, math.ceil(config.min_window_s / max(baseline_s, 1e-3)))
+        self.measured = 0
+
+    def __call__(self, trial: Any) -> float | tuple[float, float]:
+        import optuna
+
+        batch_size = trial.suggest_categorical("batch_size", self.batch_sizes)
+        precision = trial.suggest_categorical("precision", self.precisions)
+        tags = {"tracker.tune.study": trial.study.study_name, "tracker.tune.role": "trial",
+                "tracker.tune.trial": str(trial.number), "mlflow.parentRunId": self.parent_id}
+        earlier = _measured_before(trial)
+        if earlier is not None and self.config.run.repeats == 1:
+            trial.set_user_attr("duplicate_of", earlier.number)
+            trial.set_user_attr("constraint", earlier.user_attrs.get("constraint", [math.inf]))
+            raise optuna.TrialPruned(f"batch {batch_size}, {precision} already measured by trial {earlier.number}")
+        config = dataclasses.replace(self.config.run, batch_size=batch_size, precision=precision,
+                                     repeats=self.repeats, progress=False)
+        try:
+            result = self._measure(config, tags)
+        finally:
+            self.measured += 1
+            if self.measured % self.config.baseline_every == 0:
+                self._remeasure_baseline(trial.study)
+        if result.status != "FINISHED":
+            run_id = result.run.info.run_id
+            self.client.set_tag(run_id, "tracker.tune.state", "FAIL")
+            trial.set_user_attr("run_id", run_id)
+            trial.set_user_attr("fail_reason", result.reason)
+            trial.set_user_attr("constraint", [math.inf])
+            raise TrialFailed(f"trial {trial.number} (batch {batch_size}, {precision}): {result.reason}")
+        metrics = result.run.data.metrics
+        carbon, quality = metrics[OBJECTIVE_METRIC], metrics.get("quality", math.nan)
+        constraint = feasibility(quality, self.reference, self.config.max_quality_drop, self.higher_is_better)
+        trial.set_user_attr("run_id", result.run.info.run_id)
+        trial.set_user_attr("quality", quality)
+        trial.set_user_attr("energy_kwh_per_1k", metrics.get("energy_kwh_per_1k", math.nan))
+        trial.set_user_attr("carbon", carbon_spread(result.run))
+        trial.set_user_attr("constraint", [constraint])
+        # The sampler's view; a quality that could not be computed counts as far off.
+        trial.set_constraint("quality", constraint if math.isfinite(constraint) else 1e12)
+        self.client.set_tag(result.run.info.run_id, "tracker.tune.state",
+                            "COMPLETE" if constraint <= 0 else "INFEASIBLE")
+        if self.config.objective == "pareto":
+            return carbon, (quality if not math.isnan(quality) else -math.inf if self.higher_is_better else math.inf)
+        return carbon
+
+    def _measure(self, config: RunConfig, tags: dict[str, str]) -> Any:
+        """One measurement; measured once more when other work contended it, keeping the quieter."""
+        result = measure_in_child(self.client, config, tags)
+        if result.status != "FINISHED" or result.run.data.tags.get("tracker.measurement.contended") != "true":
+            return result
+        logger.info("trial measurement %s was contended (%s); measuring it again", result.run.info.run_id,
+                    result.run.data.tags.get("tracker.measurement.contended_reason", ""))
+        again = measure_in_child(self.client, config, tags)
+        if again.status != "FINISHED":
+            return result
+        share = lambda r: r.run.data.metrics.get("background_cpu_share", math.inf)  # noqa: E731
+        kept, dropped = (again, result) if share(again) <= share(result) else (result, again)
+        self.client.set_tag(dropped.run.info.run_id, "tracker.tune.state", "REMEASURED")
+        self.client.set_tag(dropped.run.info.run_id, "tracker.tune.remeasured_by", kept.run.info.run_id)
+        return kept
+
+    def _remeasure_baseline(self, study: Any) -> None:
+        """The baseline again, between trials, so that it drifts with them; a failure is logged
+        and leaves the earlier measurements in use."""
+        result = measure_in_child(self.client, baseline_config(self.config.run), {
+            "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
+            "tracker.tune.baseline": "remeasured", "mlflow.parentRunId": self.parent_id})
+        if result.status == "FINISHED":
+            record_baseline(study, result.run)
+        else:
+            logger.warning("the baseline measured again failed (%s); the earlier ones stay in use", result.reason)
+
+
+def _measured_before(trial: Any) -> Any:
+    """A finished earlier trial with the same params, if any."""
+    import optuna
+
+    for other in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == trial.params:
+            return other
+    return None

@@ -1,0 +1,99 @@
+"""The study's database: opened with heartbeats, one worker at a time on SQLite, and its sampler."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tracker.errors import ConfigError
+from tracker.tune.config import TuneConfig
+
+
+def single_sqlite_worker(storage: str) -> contextlib.AbstractContextManager:
+    """Hold a lock on a SQLite study file: a second worker gets a clear refusal, not lock errors."""
+    if not storage.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def locked() -> Iterator[None]:
+        path = Path(storage.removeprefix("sqlite:///") + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"another tune worker is using {storage}: SQLite takes one worker; for several, "
+                    "share a PostgreSQL study: --storage postgresql://USER:PASS@HOST/DB") from None
+            yield
+
+    return locked()
+
+
+def open_storage(config: TuneConfig, attempts: int = 5) -> Any:
+    """The study database, with heartbeats. Workers starting together on a new database race to
+    create Optuna's tables; the loser retries and finds them made."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    config.storage, heartbeat_interval=config.heartbeat_s,
+                    grace_period=3 * config.heartbeat_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except ImportError as err:
+            raise ConfigError(f"no database driver for {safe_url(config.storage)}: "
+                              "pip install -e \".[postgres]\"") from err
+        except sqlalchemy.exc.OperationalError as err:
+            if "could not connect" in str(err) or "Connection refused" in str(err):
+                raise ConfigError(f"cannot reach the study database {safe_url(config.storage)}: "
+                                  f"{str(err.orig).splitlines()[0]}") from err
+            if attempt == attempts - 1:
+                raise
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+        time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
+def create_or_load(config: TuneConfig, storage: Any, higher_is_better: bool) -> tuple[Any, bool]:
+    import optuna
+
+    directions = (["minimize"] if config.objective == "carbon"
+                  else ["minimize", "maximize" if higher_is_better else "minimize"])
+    sampler = _sampler(config)
+    try:
+        study = optuna.create_study(study_name=config.name, storage=storage, sampler=sampler,
+                                    directions=directions)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
+        if len(study.directions) != len(directions):
+            raise ConfigError(f"study '{config.name}' exists with objective "
+                              f"{'pareto' if len(study.directions) == 2 else 'carbon'}; pass that "
+                              "--objective or another --study-name") from None
+        return study, False
+
+
+def _sampler(config: TuneConfig) -> Any:
+    """TPE (NSGA-II for pareto); both read the constraint each trial sets (Trial.set_constraint)."""
+    import optuna
+
+    if config.objective == "pareto":
+        return optuna.samplers.NSGAIISampler(seed=config.seed)
+    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(5, config.n_trials))
+
+
+def safe_url(url: str) -> str:
+    """A storage URL without its password, for tags."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
