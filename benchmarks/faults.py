@@ -126,10 +126,11 @@ def one_line(done: subprocess.CompletedProcess | tuple[int, str], code: int, wor
 
 
 def tiny_model(bench: Bench, env: dict[str, str], name: str) -> Path:
-    """A copy of the built-in tiny classifier, to break."""
-    bench.tracker(env, "run", "--task", "text-classification", "--model", "builtin-tiny", "--n-samples", "1", *RUN)
+    """A copy of the built-in tiny classifier, to break (built by a run in a store of its own)."""
+    bench.tracker(bench.env("build_tiny_model"), "run", "--task", "text-classification", "--model", "builtin-tiny",
+                  "--n-samples", "1", *RUN)
     source = next((bench.root / "cache" / "models").glob("text-classification-*"))
-    folder = bench.root / name
+    folder = bench.root / f"{name}-model"
     shutil.copytree(source, folder)
     return folder
 
@@ -228,7 +229,7 @@ def mlflow_run_ctrl_c(bench: Bench) -> bool:
 def _tune_args(storage: str, model: str = "builtin-tiny") -> list[str]:
     return ["tune", "--task", "summarization", "--model", model, "--n-samples", "200", "--warmup", "0",
             "--min-window-s", "0", "--n-trials", "2", "--max-batch-size", "1", "--precisions", "fp32",
-            "--storage", storage, *RUN]
+            "--storage", storage, "--dataset", "builtin", "--country", "FRA"]
 
 
 def tune_sigterm(bench: Bench) -> bool:
@@ -258,7 +259,11 @@ def failed_baseline(bench: Bench) -> bool:
     first = bench.tracker(env, *args)
     weights.write_bytes(saved)  # repaired: the same command measures the baseline again
     second = bench.tracker(env, *args)
-    return one_line(first, 1, "baseline run (batch 1, fp32)") and second.returncode == 0
+    if not (one_line(first, 1, "baseline run (batch 1, fp32)") and second.returncode == 0):
+        print(f"  first: exit {first.returncode}: {first.stderr[-800:]}\n  second: exit {second.returncode}: "
+              f"{second.stderr[-800:]}")
+        return False
+    return True
 
 
 def bad_input(name: str, args: list[str], code: int, words: str, prepare: Callable[[Path], None] | None = None):

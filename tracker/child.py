@@ -71,18 +71,20 @@ def _record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], r
 
 
 def _relay(command: list[str]) -> tuple[int, str]:
-    """Run the child, passing its stderr through; its exit code and the line that says why it
-    failed (our one-line error, else the last line, such as a traceback's exception)."""
+    """Run the child, passing its stderr through but for its one-line error, which the caller
+    reports; its exit code and the line that says why it failed (that error, else the last line,
+    such as a traceback's exception)."""
     error = last = ""
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
                           preexec_fn=_die_with_parent) as child:
         assert child.stderr is not None
         try:
             for line in child.stderr:
-                sys.stderr.write(line)
-                if line.startswith("tracker: error:"):
+                if line.startswith("tracker: error:"):  # the caller says it, with what failed: once
                     error = line.removeprefix("tracker: error:").strip()
-                elif line.strip():
+                    continue
+                sys.stderr.write(line)
+                if line.strip():
                     last = line.strip()
         except BaseException:  # interrupted: the child ends its run KILLED, with its energy, then we go
             child.send_signal(signal.SIGTERM)
