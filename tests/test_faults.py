@@ -652,3 +652,16 @@ def test_ctrl_c_during_an_import_leaves_nothing_running_or_failed(client, hermet
     statuses = [r.info.status for r in all_runs(client)]
     assert "RUNNING" not in statuses and "FAILED" not in statuses
     assert statuses.count("KILLED") <= 1 and statuses.count("FINISHED") >= 2
+
+
+def test_tracker_sync_closes_runs_whose_process_is_gone(cli, client):
+    import socket
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    experiment = client.create_experiment("summarization")
+    run = client.create_run(experiment, tags={"tracker.run.host": socket.gethostname(),
+                                              "tracker.run.pid": gone.stdout.strip()})
+    code, out, _ = cli("sync")
+    assert code == 0 and "0 spooled run(s) uploaded" in out
+    closed = client.get_run(run.info.run_id)
+    assert closed.info.status == "FAILED" and "is gone" in closed.data.tags["tracker.error"]

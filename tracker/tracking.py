@@ -378,8 +378,9 @@ def end_run(client: Any, run_id: str, status: str, tags: dict[str, str] | None =
 
 
 def sync() -> list[tuple[str, str]]:
-    """Upload the runs spooled for this tracking server, then close its orphans; returns
-    (run id, status) of each run uploaded. Raises TrackingServerError while it cannot be reached."""
+    """Upload the runs spooled for this tracking server, then close the orphans of every
+    experiment; returns (run id, status) of each run uploaded. Raises TrackingServerError while
+    the store cannot be reached or written."""
     from mlflow import MlflowClient
 
     uri = check_tracking_server()
@@ -388,7 +389,8 @@ def sync() -> list[tuple[str, str]]:
     for item in spool.pending(uri):
         status = spool.replay(client, item, end=_end)
         uploaded.append((item.run_id, status))
-        close_orphans(client, item.experiment_id)
+    for experiment in client.search_experiments():  # runs whose process died, spooled or not
+        close_orphans(client, experiment.experiment_id)
     return uploaded
 
 
