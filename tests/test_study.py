@@ -18,10 +18,17 @@ def _definition(path, models, extra=""):
 
 
 def _broken_model(folder):
-    """A model folder with a valid config but no weights: it fails inside its run, while loading."""
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "distilbert", "architectures": ["DistilBertForSequenceClassification"]}))
+    """A model folder whose weights are readable but do not fit its config (another width): it
+    fails inside its run, while loading (a folder without weights is refused before any run)."""
+    import shutil
+
+    from tracker.models import builtin_model
+    from tracker.tasks import get_task
+
+    shutil.copytree(builtin_model(get_task("text-classification")).location, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["dim"], config["hidden_dim"] = config["dim"] * 2, config["hidden_dim"] * 2
+    (folder / "config.json").write_text(json.dumps(config))
     return str(folder)
 
 
