@@ -82,12 +82,10 @@ def pending(tracking_uri: str | None = None) -> list[Pending]:
     return found
 
 
-def replay(client: Any, item: Pending, end: Callable[[Any, str, str, dict[str, str], int | None], None]) -> str:
+def replay(client: Any, item: Pending, apply: Callable[[Any, str, dict[str, Any]], None]) -> str:
     """Make the spooled calls of one run against the server; returns the status the run ended with.
 
-    ``end`` ends the run (``tracking._end``: one module ends runs)."""
-    from mlflow.entities import Metric, Param, RunTag
-
+    ``apply`` makes one call (``tracking._apply``, the recorder's own: one module writes and ends runs)."""
     progress = item.path.with_suffix(".done")
     done = int(progress.read_text()) if progress.exists() else 0
     status = "RUNNING"
@@ -96,23 +94,14 @@ def replay(client: Any, item: Pending, end: Callable[[Any, str, str, dict[str, s
             status = call["status"]
         if number < done:
             continue
-        if call["op"] == "log":
-            stamp = int(call["time_ms"])
-            client.log_batch(item.run_id,
-                             metrics=[Metric(k, float(v), stamp, 0) for k, v in call["metrics"].items()],
-                             params=[Param(k, str(v)) for k, v in call["params"].items()],
-                             tags=[RunTag(k, str(v)) for k, v in call["tags"].items()])
-        elif call["op"] == "text":
-            client.log_text(item.run_id, call["text"], call["path"])
-        elif call["op"] == "end":
-            end(client, item.run_id, call["status"], call["tags"], call.get("end_ms"))
+        apply(client, item.run_id, call)
         progress.write_text(str(number + 1))
     if status == "RUNNING" and _process_gone(item):
         status = "FAILED"
-        end(client, item.run_id, status, {
+        apply(client, item.run_id, {"op": "end", "status": status, "end_ms": None, "tags": {
             "tracker.error": "its process ended while the tracking server was lost, before it could end the "
                              "run; what it had measured was uploaded by `tracker sync`",
-            "tracker.error_type": "ProcessGone"}, None)
+            "tracker.error_type": "ProcessGone"}})
     if status != "RUNNING":  # a run still measuring on this host keeps its spool
         item.path.unlink()
         progress.unlink(missing_ok=True)

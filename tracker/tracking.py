@@ -96,13 +96,13 @@ def prepare_sqlite_store(uri: str) -> None:
         registry_store(uri)
     except Exception as err:
         problem = store_unwritable(err)
-        if problem:
-            raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}") from None
-        raise
+        if not problem:
+            raise
+    else:
+        problem = _write_probe(database)  # an existing store opens read-only without a word
     finally:
         if handle is not None:
             handle.close()  # releases the lock
-    problem = _write_probe(database)
     if problem:
         raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}")
 
@@ -147,7 +147,7 @@ class RunRecorder:
     spool file instead (``tracker.spool``), so nothing measured is lost; `tracker sync` uploads it.
     """
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str = "") -> None:
+    def __init__(self, client: Any, run_id: str, experiment_id: str) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
@@ -157,41 +157,32 @@ class RunRecorder:
 
     def log(self, *, params: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
             tags: dict[str, Any] | None = None) -> None:
-        from mlflow.entities import Metric, Param, RunTag
         from mlflow.utils.time import get_current_time_millis
 
-        now = get_current_time_millis()
-        metrics, params, tags = metrics or {}, params or {}, tags or {}
-        self._call({"op": "log", "time_ms": now, "metrics": metrics, "params": params, "tags": tags},
-                   lambda: self.client.log_batch(
-                       self.run_id,
-                       metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                       params=[Param(k, str(v)) for k, v in params.items()],
-                       tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        self._call({"op": "log", "time_ms": get_current_time_millis(), "metrics": metrics or {},
+                    "params": params or {}, "tags": tags or {}})
 
     def log_text(self, text: str, path: str) -> None:
-        self._call({"op": "text", "text": text, "path": path},
-                   lambda: self.client.log_text(self.run_id, text, path))
+        self._call({"op": "text", "text": text, "path": path})
 
     def log_json(self, data: Any, path: str) -> None:
         self.log_text(json.dumps(data, indent=2, default=str), path)
 
     def end(self, status: str, tags: dict[str, str], end_ms: int | None = None) -> None:
-        self._call({"op": "end", "status": status, "tags": tags, "end_ms": end_ms},
-                   lambda: _end(self.client, self.run_id, status, tags, end_ms))
+        self._call({"op": "end", "status": status, "tags": tags, "end_ms": end_ms})
 
-    def _call(self, spooled: dict[str, Any], call: Callable[[], Any]) -> None:
+    def _call(self, call: dict[str, Any]) -> None:
         release = defer_interrupts() if threading.current_thread() is threading.main_thread() else None
         try:
-            self._store_or_spool(spooled, call)
+            self._store_or_spool(call)
         finally:
             if release is not None:
                 release()  # an interrupt that came during the write is raised now that it is whole
 
-    def _store_or_spool(self, spooled: dict[str, Any], call: Callable[[], Any]) -> None:
+    def _store_or_spool(self, call: dict[str, Any]) -> None:
         if self.spool is None:
             try:
-                return call()
+                return _apply(self.client, self.run_id, call)
             except Exception as err:
                 self.lost = self._lost(err)
                 if not self.lost:
@@ -207,7 +198,7 @@ class RunRecorder:
                                 f"run {self.run_id} is lost beyond what the store took") from None
                         logger.warning("%s: run %s goes on, its records kept in %s", self.lost, self.run_id,
                                        self.spool.path)
-        self.spool.append(spooled)
+        self.spool.append(call)
 
     def _lost(self, err: Exception) -> str | None:
         """Why the store can take no more of this run (gone, read-only, full), or None."""
@@ -217,6 +208,24 @@ class RunRecorder:
             return f"lost the MLflow tracking server at {uri} ({reason})" if reason else None
         reason = store_unwritable(err)
         return f"the MLflow store {uri} stopped taking writes ({reason})" if reason else None
+
+
+def _apply(client: Any, run_id: str, call: dict[str, Any]) -> None:
+    """Make one of a run's calls against the store: as the recorder makes it, or as a spool line
+    holds it (``tracker sync``)."""
+    if call["op"] == "log":
+        from mlflow.entities import Metric, Param, RunTag
+
+        stamp = int(call["time_ms"])
+        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in call["metrics"].items()],
+                         params=[Param(k, str(v)) for k, v in call["params"].items()],
+                         tags=[RunTag(k, str(v)) for k, v in call["tags"].items()])
+    elif call["op"] == "text":
+        client.log_text(run_id, call["text"], call["path"])
+    elif call["op"] == "end":
+        _end(client, run_id, call["status"], call["tags"], call.get("end_ms"))
+    else:
+        raise ValueError(f"unknown call {call['op']!r}")
 
 
 # A measuring run tags its host and process, and beats every HEARTBEAT_S with the energy so far;
@@ -319,12 +328,8 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
     try:
         release()  # a Ctrl-C that came while the run was being created is raised here
         yield recorder
-    except (RunInterrupted, KeyboardInterrupt) as err:  # KeyboardInterrupt: a Ctrl-C outside interrupts_raise
-        recorder.end("KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")})
-        raise
     except BaseException as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        recorder.end("FAILED", {"tracker.error": message[:5000], "tracker.error_type": type(err).__name__})
+        recorder.end(*ending(err))
         raise
     else:
         recorder.end("FINISHED", {}, end_ms)
@@ -353,14 +358,20 @@ def resumed_run(client: Any, run_id: str) -> Iterator[None]:
     client.update_run(run_id, status="RUNNING")
     try:
         yield
-    except (RunInterrupted, KeyboardInterrupt) as err:
-        end_run(client, run_id, "KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")})
-        raise
     except BaseException as err:
-        end_run(client, run_id, "FAILED", {"tracker.error": (str(err).splitlines() or [type(err).__name__])[0][:5000]})
+        end_run(client, run_id, *ending(err))
         raise
     else:
         end_run(client, run_id, "FINISHED")
+
+
+def ending(err: BaseException) -> tuple[str, dict[str, str]]:
+    """How a run ends when ``err`` stops it: KILLED with the signal for an interrupt (a
+    KeyboardInterrupt is a Ctrl-C outside interrupts_raise), else FAILED with the reason's first line."""
+    if isinstance(err, (RunInterrupted, KeyboardInterrupt)):
+        return "KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")}
+    message = (str(err).splitlines() or [type(err).__name__])[0]
+    return "FAILED", {"tracker.error": message[:5000], "tracker.error_type": type(err).__name__}
 
 
 def failed_run(client: Any, experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
@@ -387,7 +398,7 @@ def sync() -> list[tuple[str, str]]:
     client = MlflowClient()
     uploaded = []
     for item in spool.pending(uri):
-        status = spool.replay(client, item, end=_end)
+        status = spool.replay(client, item, apply=_apply)
         uploaded.append((item.run_id, status))
     for experiment in client.search_experiments():  # runs whose process died, spooled or not
         close_orphans(client, experiment.experiment_id)

@@ -86,7 +86,7 @@ class _StopWhenDone:
 
 def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device: str) -> None:
     """The creating worker: the parent run, the search space, then the baseline on the study."""
-    from tracker.tracking import end_run, open_run
+    from tracker.tracking import end_run, ending, open_run
 
     run = config.run
     tags = {"tracker.tune.study": study.study_name, "tracker.tune.role": "parent",
@@ -117,7 +117,7 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
             "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
             "mlflow.parentRunId": parent_id})
     except (KeyboardInterrupt, RunInterrupted) as err:  # the next tune on this study begins it again
-        end_run(client, parent_id, "KILLED", {"tracker.interrupted_by": getattr(err, "signal_name", "SIGINT")})
+        end_run(client, parent_id, *ending(err))
         raise
     if result.status != "FINISHED":
         end_run(client, parent_id, "FAILED", {"tracker.error": f"baseline (batch 1, fp32) failed: {result.reason}"})
