@@ -68,15 +68,11 @@ def defer_interrupts() -> Callable[[], None]:
     """Hold a first interrupt while a run is opened or the store written; returns ``release``,
     which raises the held interrupt, if any, where it is called. Raised mid-write, an interrupt
     would leave the store's transaction (and its lock) open and the run unclosable; raised
-    between the run's creation and the block that ends it KILLED, it would leave it RUNNING."""
+    between the run's creation and the block that ends it KILLED, it would leave it RUNNING.
+    Call ``release`` once, whatever happens."""
     _state.deferring += 1
-    released = False
 
     def release() -> None:
-        nonlocal released
-        if released:
-            return
-        released = True
         _state.deferring -= 1
         if _state.deferring == 0 and _state.deferred:
             held, _state.deferred = _state.deferred, None
@@ -106,10 +102,11 @@ def signals_restored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _state
     previous = {sig: signal.getsignal(sig) for sig in HANDLED}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        _state.first, _state.held, _state.deferring, _state.deferred = None, 0, 0, None
+        _state = _Stopping()
