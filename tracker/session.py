@@ -266,12 +266,12 @@ def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attr
 def _prediction_sample(plan: RunPlan, outcome: RunOutcome, log_inputs: bool) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow((["input"] if log_inputs else []) + ["prediction", "reference"])
     references = outcome.references or plan.dataset.targets
-    for value, prediction, reference in list(zip(plan.dataset.inputs, outcome.predictions,
-                                                 references))[:PREDICTION_SAMPLE_ROWS]:
-        row = [_short_text(prediction), _short_text(reference)]
-        writer.writerow(([_short_text(plan.task.describe_input(value))] if log_inputs else []) + row)
+    rows = [(plan.task.describe_input(value), prediction, reference) for value, prediction, reference
+            in list(zip(plan.dataset.inputs, outcome.predictions, references))[:PREDICTION_SAMPLE_ROWS]]
+    columns = slice(0 if log_inputs else 1, 3)  # the input first, unless it is kept out
+    writer.writerow(("input", "prediction", "reference")[columns])
+    writer.writerows([_short_text(v) for v in row[columns]] for row in rows)
     return out.getvalue()
 
 

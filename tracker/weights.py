@@ -26,12 +26,9 @@ def weights_problem(folder: Path) -> str | None:
         safetensors = sorted(f for pattern in SAFETENSORS for f in place.glob(pattern))
         pickles = [] if safetensors else sorted(f for pattern in PICKLES for f in place.glob(pattern))
         found = found or bool(safetensors or pickles)
-        for file in safetensors:
-            problem = _safetensors_problem(file)
-            if problem:
-                return f"{file.relative_to(folder)} {problem}"
-        for file in pickles:
-            problem = _pickle_problem(file)
+        checks = [(f, _safetensors_problem) for f in safetensors] + [(f, _pickle_problem) for f in pickles]
+        for file, check in checks:
+            problem = check(file)
             if problem:
                 return f"{file.relative_to(folder)} {problem}"
     if not found:

@@ -152,8 +152,8 @@ class Task(ABC):
         return {name: getattr(settings, name) for name in self.settings_params}
 
     def describe_input(self, value: Any) -> str:
-        """A short text for the prediction sample."""
-        return str(value)[:500]
+        """The input as text for the prediction sample, which cuts it short."""
+        return str(value)
 
     def packaged_default(self) -> tuple[Path, str] | None:
         """The default model's real weights from an installed package, and the package's name."""
