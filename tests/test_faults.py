@@ -1,14 +1,16 @@
-"""Faults a real user meets, each done for real: the README's promises under them.
-
-So far: a model folder whose own code would run (and write a marker file), impossible numbers.
-"""
+"""Faults a real user meets, each done for real: the README's promises under them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,37 @@ from transformers import DistilBertForSequenceClassification
 class EvilModel(DistilBertForSequenceClassification):
     pass
 '''
+
+
+def summarizing(n_samples: int = 1000) -> list[str]:
+    """A run long enough to be hit mid-measurement: tiny summaries, one at a time."""
+    return [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
+            "--dataset", "builtin", "--n-samples", str(n_samples), "--no-progress", "--country", "FRA"]
+
+
+@contextlib.contextmanager
+def _started(command: list[str], env: dict | None = None, **popen) -> Iterator[subprocess.Popen]:
+    """A child in a process group of its own, killed with its group when the test leaves, however
+    it leaves."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True} | popen
+    process = subprocess.Popen(command, env=env or subprocess_env(), start_new_session=True, **options)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _wait_for_heartbeat(client, process, deadline_s=300):
+    """The first run once its heartbeat has logged inferences from inside the query phase."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        runs = [r for r in all_runs(client) if r.data.metrics.get("partial_inferences", 0) > 0]
+        if runs:
+            return runs[0]
+        assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
+        time.sleep(0.2)
 
 
 def _folder_with_its_own_code(tmp_path: Path) -> tuple[Path, Path]:
@@ -102,8 +135,6 @@ def test_impossible_carbon_intensities_are_refused_in_one_line(cli, client, valu
 @pytest.mark.slow
 def test_eight_processes_at_once_on_a_fresh_sqlite_store(tmp_path, client):
     """MLflow migrates a new store on first open; eight at once used to crash and break it."""
-    import os
-
     store = f"sqlite:///{tmp_path}/fresh/mlflow.db"  # not even its folder exists yet
     env = subprocess_env(MLFLOW_TRACKING_URI=store)
     command = [sys.executable, "-m", "tracker", "run", "--task", "text-classification", "--dataset", "builtin",
@@ -272,27 +303,11 @@ def test_a_file_without_enough_usable_rows_says_so(cli, client, hermetic, conten
 
 @pytest.mark.slow
 def test_a_sigkilled_run_keeps_its_partial_energy_and_the_next_command_closes_it(cli, client):
-    import os
-    import signal
-    import time
-
-    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
-               "--dataset", "builtin", "--n-samples", "1000", "--no-progress", "--country", "FRA"]
-    process = subprocess.Popen(command, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:  # until its heartbeat has logged energy from inside the query phase
-            runs = all_runs(client)
-            if runs and runs[0].data.metrics.get("partial_inferences", 0) > 0:
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
-            time.sleep(0.2)
+    with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL) as process:
+        _wait_for_heartbeat(client, process)
         os.kill(process.pid, signal.SIGKILL)  # no handler runs: nothing gets to close the run
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     [killed] = all_runs(client)
     assert killed.info.status == "RUNNING"
 
@@ -308,18 +323,12 @@ def test_a_sigkilled_run_keeps_its_partial_energy_and_the_next_command_closes_it
 
 @pytest.mark.slow
 def test_sigterm_to_tune_ends_its_parent_and_its_running_trial_killed(client, hermetic):
-    import os
-    import signal
-    import time
-
     storage = f"sqlite:///{hermetic}/optuna.db"
     command = [sys.executable, "-m", "tracker", "tune", "--task", "summarization", "--model", "builtin-tiny",
                "--dataset", "builtin", "--n-samples", "400", "--country", "FRA", "--warmup", "0",
                "--min-window-s", "0", "--n-trials", "2", "--max-batch-size", "1", "--precisions", "fp32",
                "--storage", storage]
-    worker = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              text=True, start_new_session=True)
-    try:
+    with _started(command, stdout=subprocess.DEVNULL) as worker:
         deadline = time.monotonic() + 300
         while not any(r.info.status == "RUNNING" and r.data.tags.get("tracker.tune.role") == "baseline"
                       for r in all_runs(client)):  # the baseline is measuring in its child
@@ -327,9 +336,6 @@ def test_sigterm_to_tune_ends_its_parent_and_its_running_trial_killed(client, he
             time.sleep(0.2)
         worker.send_signal(signal.SIGTERM)
         _, err = worker.communicate(timeout=180)
-    finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
     assert worker.returncode == 128 + signal.SIGTERM, err[-2000:]
     runs = all_runs(client)
     assert not [r for r in runs if r.info.status == "RUNNING"]
@@ -341,34 +347,18 @@ def test_sigterm_to_tune_ends_its_parent_and_its_running_trial_killed(client, he
 
 @pytest.mark.slow
 def test_a_lost_tracking_server_spools_the_run_and_sync_uploads_it(hermetic):
-    import os
-    import signal
-    import time
-
     from mlflow import MlflowClient
 
     server = MlflowServer(hermetic)
     uri = server.start()
     client = MlflowClient(uri)
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
-    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
-               "--dataset", "builtin", "--n-samples", "600", "--no-progress", "--country", "FRA"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:  # until the run measures, its heartbeat reaching the server
-            runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
-            if runs and runs[0].data.metrics.get("partial_inferences", 0) > 0:
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
-            time.sleep(0.2)
-        run_id = runs[0].info.run_id
-        server.stop(signal.SIGKILL)  # the server goes away mid-run
-        out, err = process.communicate(timeout=600)
+        with _started(summarizing(600), env) as process:
+            run_id = _wait_for_heartbeat(client, process).info.run_id  # measuring, its heartbeat reaching the server
+            server.stop(signal.SIGKILL)  # the server goes away mid-run
+            _, err = process.communicate(timeout=600)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
         server.stop(signal.SIGKILL)
     assert process.returncode == 1, err[-3000:]
     assert "Traceback" not in err
@@ -430,8 +420,6 @@ def _fill(folder: Path) -> Path:
 
 
 def test_a_full_store_is_refused_in_one_line_within_seconds(cli, small_filesystem, monkeypatch):
-    import time
-
     from tracker.tracking import prepare_sqlite_store
 
     uri = f"sqlite:///{small_filesystem}/mlflow.db"
@@ -469,35 +457,15 @@ def test_a_read_only_store_is_refused_in_one_line(cli, hermetic, monkeypatch):
 
 @pytest.mark.slow
 def test_a_store_that_fills_mid_run_spools_the_run_and_sync_uploads_it(hermetic, small_filesystem):
-    import os
-    import signal
-    import time
-
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{small_filesystem}/mlflow.db"
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
-    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
-               "--dataset", "builtin", "--n-samples", "600", "--no-progress", "--country", "FRA"]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
     client = MlflowClient(uri)
-    filler = None
-    try:
-        deadline = time.monotonic() + 300
-        while True:  # until the run measures, its heartbeat reaching the store
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()]) \
-                if client.search_experiments() else []
-            if runs and runs[0].data.metrics.get("partial_inferences", 0) > 0:
-                break
-            assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
-            time.sleep(0.2)
-        run_id = runs[0].info.run_id
+    with _started(summarizing(600), env) as process:
+        run_id = _wait_for_heartbeat(client, process).info.run_id  # measuring, its heartbeat reaching the store
         filler = _fill(small_filesystem)  # the disk fills mid-run
-        out, err = process.communicate(timeout=600)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        _, err = process.communicate(timeout=600)
     assert process.returncode == 1, err[-3000:]
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
@@ -535,36 +503,13 @@ def test_report_output_onto_a_file_or_a_read_only_folder_is_one_line(cli, client
         assert target.read_text() == "someone's notes"
 
 
-def _wait_for_heartbeat(client, process, deadline_s=300):
-    """The first run once its heartbeat has logged inferences from inside the query phase."""
-    import time
-
-    deadline = time.monotonic() + deadline_s
-    while True:
-        runs = [r for r in all_runs(client) if r.data.metrics.get("partial_inferences", 0) > 0]
-        if runs:
-            return runs[0]
-        assert process.poll() is None and time.monotonic() < deadline, "no heartbeat came"
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_two_quick_ctrl_c_end_the_run_killed_with_its_energy(client):
-    import os
-    import signal
-
-    command = [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
-               "--dataset", "builtin", "--n-samples", "1000", "--no-progress", "--country", "FRA"]
-    process = subprocess.Popen(command, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5")) as process:
         measuring = _wait_for_heartbeat(client, process)
         os.kill(process.pid, signal.SIGINT)
         os.kill(process.pid, signal.SIGINT)  # at once: it lands while the first is being handled
         _, err = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in err
     run = client.get_run(measuring.info.run_id)
@@ -576,22 +521,14 @@ def test_two_quick_ctrl_c_end_the_run_killed_with_its_energy(client):
 def test_ctrl_c_in_the_terminal_under_mlflow_run_ends_the_measured_run_killed(client, hermetic):
     """A terminal's Ctrl-C reaches the whole foreground group: `mlflow run`, and our process, which
     then also gets the SIGTERM with which `mlflow run` cancels its child."""
-    import os
-    import signal
-
     from conftest import REPO
 
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
                "-P", "task=summarization", "-P", "n_samples=1000", "-P", "country=FRA"]
-    process = subprocess.Popen(command, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"), cwd=hermetic,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with _started(command, subprocess_env(TRACKER_HEARTBEAT_S="0.5"), cwd=hermetic) as process:
         measuring = _wait_for_heartbeat(client, process)
         os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C, to the process group
         _, err = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     run = client.get_run(measuring.info.run_id)
     assert run.info.status == "KILLED", err[-3000:]
     assert run.data.tags["tracker.interrupted_by"] in ("SIGINT", "SIGTERM")
@@ -600,23 +537,13 @@ def test_ctrl_c_in_the_terminal_under_mlflow_run_ends_the_measured_run_killed(cl
 
 
 def test_ctrl_c_before_the_run_opens_is_one_line_and_no_run(client, hermetic):
-    import os
-    import signal
-
     fifo = hermetic / "reviews.jsonl"
     os.mkfifo(fifo)  # reading it blocks until a writer comes: the command waits before any run
     command = [sys.executable, "-m", "tracker", "run", "--task", "text-classification", "--model", "builtin-tiny",
                "--dataset", str(fifo), "--target-column", "label", "--n-samples", "2", "--no-progress"]
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    try:
-        writer = open(fifo, "w")  # returns once the command has opened the dataset: the event
+    with _started(command) as process, open(fifo, "w"):  # opened once the command opens it: the event
         os.kill(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=120)
-        writer.close()
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "tracker: interrupted by SIGINT before a run was open; nothing was recorded"
@@ -624,10 +551,6 @@ def test_ctrl_c_before_the_run_opens_is_one_line_and_no_run(client, hermetic):
 
 
 def test_ctrl_c_during_an_import_leaves_nothing_running_or_failed(client, hermetic):
-    import os
-    import signal
-    import time
-
     records = hermetic / "emissions.csv"
     header = "timestamp,project_name,run_id,duration,emissions,energy_consumed,cpu_energy,gpu_energy,ram_energy"
     rows = [f"2024-01-01T00:{i // 60:02d}:{i % 60:02d},model-{i},run-{i},10,0.001,0.002,0.001,0,0.001"
@@ -635,18 +558,13 @@ def test_ctrl_c_during_an_import_leaves_nothing_running_or_failed(client, hermet
     records.write_text("\n".join([header, *rows]) + "\n")
     command = [sys.executable, "-m", "tracker", "import-codecarbon", str(records), "--task", "text-classification",
                "--dataset", "imdb", "--n-samples", "1000"]
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
-    try:
+    with _started(command) as process:
         deadline = time.monotonic() + 300
         while len(all_runs(client)) < 3:  # importing: some records are runs already
             assert process.poll() is None and time.monotonic() < deadline, "the import never started"
             time.sleep(0.2)
         os.kill(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in err
     statuses = [r.info.status for r in all_runs(client)]
