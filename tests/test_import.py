@@ -88,7 +88,7 @@ def test_phase_split_records_become_load_and_query_phases(cli, client, tmp_path)
     code, out, err = cli("import-codecarbon", str(records), "--task", "text-classification", "--dataset", "imdb",
                          "--n-samples", "1000", "--phases", str(phases), "--model-kind", "task-specific")
     assert code == 0, err
-    assert "1 with load and query phases, 1 whole-record only" in out
+    assert "1 with a query phase (phases: load model, query model), 1 whole-record only" in out
     runs = by_model(client)
     phased = runs["org/model-a"].data
     # the query phase alone, as measured runs report it; loading apart
@@ -101,8 +101,11 @@ def test_phase_split_records_become_load_and_query_phases(cli, client, tmp_path)
     assert phased.tags["tracker.import.phase_files"] == "emissions_base_r1.csv"
     assert phased.tags["tracker.model.kind"] == "task-specific"
     artifact = client.download_artifacts(runs["org/model-a"].info.run_id, "codecarbon/emissions.csv")
-    assert [line.split(",")[0] for line in open(artifact).read().splitlines()] == [
-        "task_name", "load model", "query model"]
+    with open(artifact) as kept:  # the record, then its phase rows, as read
+        assert [row["task_name"] for row in csv.DictReader(kept)] == ["", "load model", "query model"]
+    assert phased.metrics["phase_load_model_energy_kwh"] == pytest.approx(0.004)
+    assert phased.metrics["phase_query_model_duration_s"] == pytest.approx(30)
+    assert phased.metrics["record_energy_kwh"] == pytest.approx(0.016)
     # a record with no phase rows keeps its whole energy, and says so
     plain = runs["org/model-b"].data
     assert plain.metrics["energy_kwh"] == pytest.approx(0.003)
@@ -117,26 +120,35 @@ def test_importing_the_same_records_twice_adds_nothing(cli, client, tmp_path):
     assert cli("import-codecarbon", str(records), *args)[0] == 0
     first = {r.info.run_id for r in all_runs(client)}
     assert len(first) == 2
-    # again, and the same records under another file name: the key is the record's own text
+    # again, and the same records under another file name
     copy = shutil.copy(records, tmp_path / "copy.csv")
     code, out, _ = cli("import-codecarbon", str(records), str(copy), *args)
     assert code == 0 and "imported 0 records" in out and "4 already imported" in out
     assert {r.info.run_id for r in all_runs(client)} == first
-    # a changed record is another record
+    # a record is its run_id, model and timestamp: a copy saved by a spreadsheet (1E-04 for
+    # 0.0001, a column less) is the same record; another run_id is another record
+    resaved = write(tmp_path / "resaved.csv", [
+        {k: v for k, v in record("r1", "org/model-a", cpu=0.001, gpu=0.0, ram=0.001, duration=10,
+                                 emissions=0.0001).items() if k != "region"} | {"emissions": "1E-04"}])
+    code, out, _ = cli("import-codecarbon", str(resaved), *args)
+    assert code == 0 and "imported 0 records" in out and "1 already imported" in out
     write(records, [record("r3", "org/model-a", cpu=0.005, gpu=0.0, ram=0.001, duration=10, emissions=0.0001)])
     code, out, _ = cli("import-codecarbon", str(records), *args)
     assert "imported 1 records" in out and len(all_runs(client)) == 3
 
 
 @pytest.mark.parametrize("problem, message", [
-    ("phase-file-as-record", "holds phase records"),
+    ("only-phase-rows", "no complete record in"),
     ("missing-column", "no column gpu_energy"),
     ("not-a-number", "has no number in cpu_energy"),
     ("negative", "line 2: record r1 has an impossible value in cpu_energy ('-0.001')"),
     ("infinite", "has an impossible value in ram_energy ('inf')"),
     ("nan", "has no number in emissions ('NaN')"),
-    ("unknown-phase", "is neither loading nor querying"),
-    ("record-as-phase-file", "has no task_name column"),
+    ("record-as-phase-file", "holds complete records (no task_name column): pass it as FILES"),
+    ("empty-folder", "is a folder without .csv files"),
+    ("bad-kind-rule", "is not a rule PATTERN=KIND"),
+    ("bad-kind-in-rule", "takes task-specific or multi-purpose, got 'prompted'"),
+    ("bad-regex-in-rule", "is not a regular expression"),
     ("no-such-file", "does not exist"),
     ("unknown-task", "unknown task"),
 ])
@@ -144,7 +156,7 @@ def test_bad_records_are_refused_before_any_run(cli, client, tmp_path, problem, 
     good = record("r1", "org/m", cpu=0.001, gpu=0.0, ram=0.001, duration=10, emissions=0.0001)
     records = write(tmp_path / "emissions.csv", [good])
     task, phases = "summarization", []
-    if problem == "phase-file-as-record":
+    if problem == "only-phase-rows":
         write(records, [{"task_name": "query model", **good}])
     elif problem == "missing-column":
         write(records, [{k: v for k, v in good.items() if k != "gpu_energy"}])
@@ -156,10 +168,17 @@ def test_bad_records_are_refused_before_any_run(cli, client, tmp_path, problem, 
         write(records, [good | {"ram_energy": "inf"}])
     elif problem == "nan":
         write(records, [good | {"emissions": "NaN"}])
-    elif problem == "unknown-phase":
-        phases = ["--phases", str(write(tmp_path / "phases.csv", [{"task_name": "warm up", **good}]))]
+    elif problem == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        phases = ["--phases", str(tmp_path / "empty")]
+    elif problem == "bad-kind-rule":
+        phases = ["--model-kind-map", "flan-t5"]
+    elif problem == "bad-kind-in-rule":
+        phases = ["--model-kind-map", "flan=prompted"]
+    elif problem == "bad-regex-in-rule":
+        phases = ["--model-kind-map", "flan(=multi-purpose"]
     elif problem == "record-as-phase-file":
-        phases = ["--phases", str(records)]
+        phases = ["--phases", str(write(tmp_path / "other.csv", [good | {"run_id": "r2"}]))]
     elif problem == "no-such-file":
         records = tmp_path / "missing.csv"
     elif problem == "unknown-task":
@@ -182,7 +201,7 @@ def test_the_papers_records_give_its_figures(cli, tmp_path):
         code, out, err = cli("import-codecarbon", str(path), "--task", task, "--dataset", dataset,
                              "--n-samples", "1000", "--phases", str(PAPER_RECORDS / "base"))
         assert code == 0, err
-        assert "80 with load and query phases" in out
+        assert "80 with a query phase" in out
     code, _, err = cli("report", "--output", str(tmp_path / "report"))
     assert code == 0, err
     tasks = pd.read_csv(tmp_path / "report" / "tasks.csv").set_index("task")

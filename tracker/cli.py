@@ -1,4 +1,4 @@
-"""The ``tracker`` command: run, study, tune, import-codecarbon, report, tasks.
+"""The ``tracker`` command: run, study, tune, import-codecarbon, annotate, report, sync, tasks.
 
 Flags mirror the MLproject ``main`` entry point's parameters in kebab case. User mistakes print
 one line and exit 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
@@ -87,14 +87,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(tune)
 
     records = commands.add_parser("import-codecarbon", help="turn CodeCarbon records (emissions.csv) into runs")
-    records.add_argument("files", nargs="+", help="emissions.csv files, one complete record (run) per row")
+    records.add_argument("files", nargs="+", metavar="FILES",
+                         help="emissions.csv files or folders of them: complete records (one run per row); "
+                              "phase files (task_name) among them are used as --phases")
     records.add_argument("--task", required=True, help=RUN_FLAGS["task"])
     records.add_argument("--dataset", required=True, help="the dataset the records measured, e.g. imdb")
     records.add_argument("--n-samples", required=True, help="inferences each record covers, e.g. 1000")
     records.add_argument("--phases", nargs="+", default=[], metavar="PATH",
-                         help="files or folders of the same runs split by phase (task_name: load/query model)")
+                         help="files or folders of the same runs split by phase (task_name: load model, "
+                              "query model, any other phase)")
     records.add_argument("--experiment", help=RUN_FLAGS["experiment"])
     records.add_argument("--model-kind", help="task-specific or multi-purpose, when known (default: unrecorded)")
+    records.add_argument("--model-kind-map", action="append", default=[], metavar="RULES",
+                         help="PATTERN=KIND (regex on the model id; repeatable) or a file of such lines, "
+                              "e.g. 'flan-t5|bloomz|gpt2|opt-|llama|bloom-=multi-purpose'")
+    records.add_argument("--replace", action="store_true",
+                         help="import again, in place, records imported before with other options")
+
+    notes = commands.add_parser("annotate", help="attach a quality table and parameter counts to existing runs")
+    notes.add_argument("--quality", help="CSV: long (model,dataset,metric,value) or wide ('imdb (acc)' columns)")
+    notes.add_argument("--parameters", help="CSV: model_name,num_parameters")
+    notes.add_argument("--experiments", default="",
+                       help="comma-separated MLflow experiments whose runs to annotate (default: every task's)")
+    notes.add_argument("--alias", action="append", default=[], metavar="THEIRS=OURS",
+                       help="a model or dataset name in the tables and the name the runs use (repeatable)")
 
     commands.add_parser("sync", help="upload the runs kept locally while the tracking server was lost")
 
@@ -146,6 +162,8 @@ def _command(args: argparse.Namespace) -> int:
             return _import(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "annotate":
+            return _annotate(args)
         if args.command == "sync":
             return _sync()
         return _run(vars(args))
@@ -276,16 +294,44 @@ def _import(args: argparse.Namespace) -> int:
 
     from tracker.config import _integer
     from tracker.import_codecarbon import ImportConfig, import_records
+    from tracker.import_codecarbon.kinds import parse_rules
 
     config = ImportConfig(files=tuple(map(Path, args.files)), task=args.task, dataset=args.dataset,
                           n_samples=_integer("n_samples", args.n_samples, 1),
                           phases=tuple(map(Path, args.phases)), experiment=args.experiment,
-                          model_kind=args.model_kind)
+                          model_kind=args.model_kind, model_kind_map=parse_rules(tuple(args.model_kind_map)),
+                          replace=args.replace)
     summary = import_records(config)
-    phased = len(summary.imported) - summary.without_phases
-    print(f"imported {len(summary.imported)} records as runs in experiment '{summary.experiment}' "
-          f"({phased} with load and query phases, {summary.without_phases} whole-record only); "
-          f"{summary.already_imported} already imported")
+    phased = len(summary.imported) - summary.without_query_phase
+    phases = f" (phases: {', '.join(sorted(summary.phase_names))})" if summary.phase_names else ""
+    print(f"imported {len(summary.imported)} records as runs in experiment '{summary.experiment}': "
+          f"{phased} with a query phase{phases}, {summary.without_query_phase} whole-record only; "
+          f"{summary.already_imported} already imported"
+          + (f"; {summary.replaced} imported before with other options replaced" if summary.replaced else ""))
+    if summary.other_options:
+        print(f"tracker: {summary.other_options} record(s) were imported before with other options and were "
+              f"left as they were ({summary.example_difference}); add --replace to import them again in place",
+              file=sys.stderr)
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tracker.annotate import AnnotateConfig, annotate, parse_aliases
+
+    config = AnnotateConfig(quality=Path(args.quality) if args.quality else None,
+                            parameters=Path(args.parameters) if args.parameters else None,
+                            experiments=_listed(args.experiments), aliases=parse_aliases(tuple(args.alias)))
+    result = annotate(config)
+    print(f"annotated {result.runs} runs: quality on {result.runs_with_quality}, parameter counts on "
+          f"{result.runs_with_parameters}" + (f"; {result.kept_measured_quality} kept their measured quality"
+                                             if result.kept_measured_quality else ""))
+    for what, models in (("quality", result.models_without_quality),
+                         ("a parameter count", result.models_without_parameters)):
+        if models:
+            print(f"tracker: no {what} in the table for {len(models)} model(s): {', '.join(models)}; if the table "
+                  "names them otherwise, add --alias THEIRS=OURS", file=sys.stderr)
     return 0
 
 

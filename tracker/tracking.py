@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from tracker import spool
@@ -337,6 +338,121 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
             raise TrackingServerLost(
                 f"{recorder.lost} during run {run_id}: it ended FINISHED and its records are kept in "
                 f"{recorder.spool.path}; once the store takes writes again, run `tracker sync` to upload them")
+
+
+@dataclass
+class FinishedRun:
+    """A run that records a measurement taken earlier (an imported record): written whole, FINISHED."""
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    times_ms: tuple[int, int] | None = None  # (start, end); None: now
+    texts: dict[str, str] = field(default_factory=dict)  # artifact path: its text
+
+
+def write_finished_runs(experiment: str, runs: list[FinishedRun], *, replacing: list[str] = (),
+                        chunk: int = 200) -> list[str]:
+    """Write ``runs`` into ``experiment``, FINISHED, ``chunk`` at a time; returns their run ids.
+
+    On a SQL store each chunk is one transaction (``tracker.sql_bulk``), so a chunk is there whole
+    or not at all, and a Ctrl-C waits for the chunk being written. Elsewhere (a tracking server)
+    each run is made with MLflow's client and ended FAILED, with the reason, if a call fails.
+    Runs in ``replacing`` (imported before with other options) are deleted, as `mlflow runs
+    delete` deletes (restorable), once their replacements are written.
+    """
+    import socket
+
+    from mlflow import MlflowClient
+
+    from tracker import sql_bulk
+
+    client = MlflowClient()
+    exp_id = experiment_id(client, experiment)
+    if (client.tracking_uri, exp_id) not in _swept:
+        close_orphans(client, exp_id)
+        _swept.add((client.tracking_uri, exp_id))
+    here = {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
+    store = sql_bulk.sql_store(client)
+    root = client.get_experiment(exp_id).artifact_location
+    ids: list[str] = []
+    for start in range(0, len(runs), chunk):
+        part = runs[start:start + chunk]
+        release = defer_interrupts()  # a chunk is written whole; a Ctrl-C is raised between chunks
+        try:
+            if store is None:
+                ids += [_write_one(client, exp_id, run, here) for run in part]
+                continue
+            rows = []
+            for run in part:
+                run_id = sql_bulk.new_run_id()
+                artifact_uri = f"{root.rstrip('/')}/{run_id}/artifacts"
+                _write_texts(artifact_uri, run.texts)  # before the run exists: a run never lacks them
+                start_ms, end_ms = run.times_ms or (None, None)
+                rows.append({"run_id": run_id, "run_name": run.run_name, "tags": run.tags | here,
+                             "params": run.params, "metrics": run.metrics, "start_ms": start_ms,
+                             "end_ms": end_ms, "artifact_uri": artifact_uri})
+            sql_bulk.insert_finished_runs(store, exp_id, rows)
+            ids += [row["run_id"] for row in rows]
+        finally:
+            release()
+    for run_id in replacing:
+        client.delete_run(run_id)
+    return ids
+
+
+def update_runs(client: Any, *, tags: dict[str, dict[str, str]] | None = None,
+                metrics: dict[str, dict[str, float]] | None = None, delete_tags: tuple[str, ...] = ()) -> None:
+    """Set tags and log metrics on many existing runs: one transaction on a SQL store, a call per
+    run elsewhere. Used for what is learnt about runs after they ended (ratings, annotations)."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+
+    from tracker import sql_bulk
+
+    tags, metrics = tags or {}, metrics or {}
+    store = sql_bulk.sql_store(client)
+    if store is not None:
+        sql_bulk.update_runs(store, tags, metrics, delete_tags)
+        return
+    stamp = int(time.time() * 1000)
+    for run_id in set(tags) | set(metrics):
+        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.get(run_id, {}).items()],
+                         tags=[RunTag(k, str(v)) for k, v in tags.get(run_id, {}).items()])
+        for key in delete_tags:
+            try:
+                client.delete_tag(run_id, key)
+            except MlflowException:  # the run does not have it
+                pass
+
+
+def _write_one(client: Any, exp_id: str, run: FinishedRun, here: dict[str, str]) -> str:
+    start_ms, end_ms = run.times_ms or (None, None)
+    run_id = client.create_run(exp_id, run_name=run.run_name, tags=run.tags | here, start_time=start_ms).info.run_id
+    try:
+        _apply(client, run_id, {"op": "log", "time_ms": int(time.time() * 1000), "metrics": run.metrics,
+                                "params": run.params, "tags": {}})
+        for path, text in run.texts.items():
+            client.log_text(run_id, text, path)
+    except BaseException as err:
+        _end(client, run_id, *ending(err))
+        raise
+    _end(client, run_id, "FINISHED", {}, end_ms)
+    return run_id
+
+
+def _write_texts(artifact_uri: str, texts: dict[str, str]) -> None:
+    import tempfile
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if not texts:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        for path, text in texts.items():
+            (Path(folder) / path).parent.mkdir(parents=True, exist_ok=True)
+            (Path(folder) / path).write_text(text, encoding="utf-8")
+        get_artifact_repository(artifact_uri).log_artifacts(folder)
 
 
 def open_run(client: Any, experiment: str, run_name: str, tags: dict[str, str],

@@ -35,15 +35,21 @@ class ReportConfig:
     include_tuning: bool = False
     report_experiment: str = REPORT_EXPERIMENT
     tag_runs: bool = True
+    unit: str = "kWh"  # of the figures: kWh or gCO2eq per 1,000 inferences
+
+    def __post_init__(self) -> None:
+        if self.unit not in figures.UNITS:
+            raise UserError(f"--unit takes {' or '.join(figures.UNITS)}, got '{self.unit}'")
 
 
 @dataclass
 class ReportResult:
     run_id: str
     output: Path
-    tasks: Any  # the tasks table
+    tasks: Any  # the tasks table (task-specific models, and those of unknown kind)
     models: Any  # the models table
     files: list[Path]
+    multipurpose: Any = None  # the multi-purpose models' table
 
 
 def _check_output(folder: Path) -> None:
@@ -85,21 +91,26 @@ def build_report(config: ReportConfig) -> ReportResult:
 
     models = tables.models_table(runs)
     task_table = tables.tasks_table(runs)
+    prompted = tables.multipurpose_table(runs)
     regional = tables.regional_table(task_table, countries)
     config.output.mkdir(parents=True, exist_ok=True)
     for name in figures.FILES:  # a figure an earlier report drew that this one cannot must not linger
         (config.output / name).unlink(missing_ok=True)
     files = [_csv(models, config.output / "models.csv"), _csv(task_table, config.output / "tasks.csv"),
              _csv(regional, config.output / "regional.csv")]
+    if not prompted.empty:
+        files.append(_csv(prompted, config.output / "multipurpose.csv"))
+    else:
+        (config.output / "multipurpose.csv").unlink(missing_ok=True)
     drawn = {
-        "by_task": figures.energy_by_task(models, task_table, config.output),
-        "quality": figures.energy_vs_quality(models, runs, config.output),
-        "size": figures.energy_vs_size(models, config.output),
-        "kinds": figures.multipurpose_vs_task_specific(models, config.output),
+        "by_task": figures.energy_by_task(runs, task_table, config.output, config.unit),
+        "quality": figures.energy_vs_quality(models, runs, config.output, config.unit),
+        "size": figures.energy_vs_size(models, config.output, config.unit),
+        "kinds": figures.multipurpose_vs_task_specific(models, config.output, config.unit),
     }
     files += [f for f in drawn.values() if isinstance(f, Path)]
     title = "Energy and carbon of ML inference"
-    sections = _sections(runs, models, task_table, regional, drawn, experiments)
+    sections = _sections(runs, models, task_table, prompted, regional, drawn, experiments)
     (config.output / "report.md").write_text(markdown(title, sections), encoding="utf-8")
     (config.output / "report.html").write_text(html_page(title, sections), encoding="utf-8")
     files += [config.output / "report.md", config.output / "report.html"]
@@ -115,11 +126,11 @@ def build_report(config: ReportConfig) -> ReportResult:
             client.log_artifact(recorder.run_id, str(path))
     if config.tag_runs:
         _tag_stars(client, runs, models, recorder.run_id)
-    return ReportResult(recorder.run_id, config.output, task_table, models, files)
+    return ReportResult(recorder.run_id, config.output, task_table, models, files, prompted)
 
 
-def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dict[str, Path | str],
-              experiments: list[str]) -> list[Section]:
+def _sections(runs: Any, models: Any, task_table: Any, prompted: Any, regional: Any,
+              drawn: dict[str, Path | str], experiments: list[str]) -> list[Section]:
     methods = runs["energy_method"].value_counts()
     scopes = set(runs["energy_scope"])
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -150,19 +161,39 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
             f"Mixed: {task.task} averages runs whose energy was obtained in different ways "
             f"({task.energy_method}), perhaps on different hardware. Compare within one way, or report "
             "their experiments apart (`--experiments`).")
-    by_task = _figure_section("Energy per 1,000 inferences by task", drawn["by_task"])
+    kinds = set(runs["kind"])
+    if "multi-purpose" in kinds:
+        overview.paragraphs.append(
+            f"Kinds kept apart: the {int((runs['kind'] == 'multi-purpose').sum())} runs of multi-purpose models "
+            "(prompted for the task) are in their own table and figure, not in the tasks table, which is of "
+            "task-specific models as in the paper.")
+    if "unknown" in kinds:
+        overview.paragraphs.append(
+            f"Unknown kind: {int((runs['kind'] == 'unknown').sum())} runs do not say whether their model is "
+            "task-specific or multi-purpose (imported without --model-kind or --model-kind-map); the tasks table "
+            "counts them with the task-specific ones (its kinds column says which tasks).")
+    for merged in runs.attrs.get("datasets_merged", []):
+        overview.paragraphs.append(f"Dataset names taken as one: {merged}.")
+    by_task = _figure_section("Energy per 1,000 inferences by task", drawn["by_task"], [
+        "The paper's table: task-specific models (and models of unknown kind), query phase. Each dot a run."])
     by_task.table = task_table.drop(columns=["energy_method"])  # said in the overview when mixed
     shown_models = models.assign(stars=models["stars"].map(stars)).drop(columns=["energy_method"])
+    kinds_section = _figure_section("Multi-purpose against task-specific models", drawn["kinds"])
+    if not prompted.empty:
+        kinds_section.paragraphs.append(
+            "x_task_specific: the model's energy per 1,000 inferences over the mean of the task-specific "
+            "models' on the same task and dataset.")
+        kinds_section.table = prompted.drop(columns=["energy_method"])
     sections = [
         overview,
         by_task,
-        Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
-                table=shown_models),
+        kinds_section,
         _figure_section("Energy against quality", drawn["quality"], [
             "Green: the Pareto frontier, the models no other beats on both energy and quality, per task "
             "and dataset."]),
         _figure_section("Energy against model size", drawn["size"]),
-        _figure_section("Multi-purpose against task-specific models", drawn["kinds"]),
+        Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
+                table=shown_models),
     ]
     if not regional.empty:
         order = list(dict.fromkeys(regional["country_iso_code"]))  # as the user listed them
@@ -181,15 +212,15 @@ def _sections(runs: Any, models: Any, task_table: Any, regional: Any, drawn: dic
 def _tag_stars(client: Any, runs: Any, models: Any, report_run_id: str) -> None:
     """Every compared run gets its model row's stars and how they were given."""
     import pandas as pd
-    from mlflow.entities import RunTag
+
+    from tracker.tracking import update_runs
 
     rated = runs.merge(models[tables.MODEL_KEY + ["stars"]], on=tables.MODEL_KEY, how="left")
     basis = {task: tables.rating_basis(models, task) for task in models["task"].unique()}
-    for row in rated.itertuples():
-        value = "unrated" if pd.isna(row.stars) else str(int(row.stars))
-        client.log_batch(row.run_id, tags=[RunTag(STARS_TAG, value),
-                                           RunTag("tracker.rating.basis", basis[row.task]),
-                                           RunTag("tracker.rating.report_run_id", report_run_id)])
+    update_runs(client, tags={
+        row.run_id: {STARS_TAG: "unrated" if pd.isna(row.stars) else str(int(row.stars)),
+                     "tracker.rating.basis": basis[row.task], "tracker.rating.report_run_id": report_run_id}
+        for row in rated.itertuples()})
 
 
 def _csv(table: Any, path: Path) -> Path:

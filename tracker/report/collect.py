@@ -39,14 +39,7 @@ def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> A
     rows = []
     left_out = {LEFT_OUT_SEARCH: 0, LEFT_OUT_INCOMPLETE: 0}
     for name in experiments:
-        experiment = client.get_experiment_by_name(name)
-        if not _live(experiment):
-            from tracker.tasks import did_you_mean
-
-            known = [e.name for e in client.search_experiments()]
-            raise ConfigError(f"experiment '{name}' does not exist.{did_you_mean(name, known)} "
-                              f"Existing: {', '.join(sorted(known)) or 'none'}")
-        for run in finished_runs(client, experiment.experiment_id):
+        for run in finished_runs(client, live_experiment(client, name).experiment_id):
             if "tracker.tune.study" in run.data.tags and not include_tuning:
                 left_out[LEFT_OUT_SEARCH] += run.data.metrics.get("energy_kwh_per_1k") is not None
                 continue
@@ -56,8 +49,38 @@ def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> A
             else:
                 rows.append(row)
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    frame.attrs["datasets_merged"] = _one_name_per_dataset(frame)
     frame.attrs["left_out"] = {reason: n for reason, n in left_out.items() if n}
     return frame
+
+
+def _one_name_per_dataset(frame: Any) -> list[str]:
+    """Spellings of one dataset (squad_v2, squadv2, SQuAD-v2) become its commonest one, so that its
+    runs are compared together; returns what was merged, as 'squad_v2 = squadv2'."""
+    import re
+
+    key = frame["dataset"].map(lambda name: re.sub(r"[^a-z0-9]", "", str(name).lower()))
+    merged, canonical = [], {}
+    for name_key, names in frame.groupby(key)["dataset"]:
+        counts = names.value_counts()
+        canonical[name_key] = counts.index[0]
+        if len(counts) > 1:
+            merged.append(" = ".join(counts.index))
+    if merged:
+        frame["dataset"] = key.map(canonical)
+    return merged
+
+
+def live_experiment(client: Any, name: str) -> Any:
+    """The experiment called ``name``; one that does not exist (or was deleted) is refused in one line."""
+    experiment = client.get_experiment_by_name(name)
+    if not _live(experiment):
+        from tracker.tasks import did_you_mean
+
+        known = [e.name for e in client.search_experiments()]
+        raise ConfigError(f"experiment '{name}' does not exist.{did_you_mean(name, known)} "
+                          f"Existing: {', '.join(sorted(known)) or 'none'}")
+    return experiment
 
 
 def _row(run: Any, experiment: str) -> dict[str, Any] | None:

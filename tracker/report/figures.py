@@ -1,4 +1,9 @@
-"""The report's figures (PNG). Each returns the file it wrote, or why it could not be drawn."""
+"""The report's figures (PNG). Each returns the file it wrote, or why it could not be drawn.
+
+Energy is drawn in the unit the user chose (kWh or gCO2eq per 1,000 inferences) on log axes with
+labelled ticks at 1, 2 and 5 of each decade only, so labels never overlap. Kinds and families of
+models have colours of their own throughout.
+"""
 
 from __future__ import annotations
 
@@ -8,100 +13,171 @@ from typing import Any
 
 from tracker.pareto import pareto_front
 
-ENERGY_LABEL = "kWh per 1,000 inferences (log)"
 BY_TASK, BY_QUALITY, BY_SIZE, BY_KIND = FILES = (
     "energy_by_task.png", "energy_vs_quality.png", "energy_vs_size.png", "multipurpose_vs_task_specific.png")
+UNITS = {"kWh": ("kwh_per_1k", "kWh per 1,000 inferences"), "gCO2eq": ("g_co2_per_1k", "gCO2eq per 1,000 inferences")}
+# One colour per kind, and per family of multi-purpose models, in every figure.
+COLOURS = {"task-specific": "tab:blue", "unknown": "tab:gray", "multi-purpose": "tab:orange", "Flan-T5": "tab:orange",
+           "BLOOMz": "tab:red", "base LM": "tab:purple", "mT0": "tab:brown", "T0": "tab:pink",
+           "Llama (chat)": "tab:olive", "instruction-tuned": "tab:cyan"}
 
 
-def energy_by_task(models: Any, tasks: Any, folder: Path) -> Path | str:
-    """The paper's figure: each model's energy per task, tasks from the cheapest up, on a log scale."""
+def energy_by_task(runs: Any, tasks: Any, folder: Path, unit: str = "kWh") -> Path | str:
+    """The paper's Figure 1: per task, from the cheapest up, every run as a point over the box of
+    their spread, coloured by kind (task-specific; unknown when a record did not say)."""
+    column, label = UNITS[unit]
+    runs = runs[runs["task"].isin(tasks["task"]) & (runs["kind"] != "multi-purpose")]
+    values = runs[column].dropna()
+    if values.empty or not (values > 0).any():
+        return f"no run has a figure in {unit}"
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(max(6, 1.1 * len(tasks)), 4.5))
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(tasks)), 4.8))
     order = list(tasks["task"])
     for x, task in enumerate(order):
-        energies = models.loc[models["task"] == task].groupby("model")["kwh_per_1k_mean"].mean().sort_values()
-        n = len(energies)
-        spread = [x + (0.6 * i / (n - 1) - 0.3 if n > 1 else 0) for i in range(n)]  # side by side, in order
-        axis.scatter(spread, energies, s=16, alpha=0.7, color="tab:blue",
-                     label="model (mean over its runs)" if x == 0 else None)
-        axis.scatter([x], [tasks.loc[tasks["task"] == task, "kwh_per_1k_mean"].iloc[0]], marker="_",
-                     s=500, color="black", label="task mean over runs" if x == 0 else None)
+        of_task = runs[(runs["task"] == task) & (runs[column] > 0)]
+        if of_task.empty:
+            continue
+        axis.boxplot([of_task[column]], positions=[x], widths=0.5, showfliers=False, manage_ticks=False,
+                     medianprops={"color": "black"})
+        for kind, points in of_task.groupby("kind"):
+            jitter = [x + 0.3 * (((i * 0.618) % 1) - 0.5) for i in range(len(points))]  # spread, reproducibly
+            axis.scatter(jitter, points[column], s=7, alpha=0.45, color=COLOURS.get(kind, "tab:gray"),
+                         label=f"a run ({kind} model)" if kind not in axis.get_legend_handles_labels()[1] else None)
     axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
-    axis.set(yscale="log", ylabel=ENERGY_LABEL, title="Energy per 1,000 inferences by task")
-    axis.legend(fontsize=8)
+    axis.set_xlim(-0.7, len(order) - 0.3)
+    _log(axis, "y")
+    axis.set(ylabel=f"{label} (log)", title=f"{label.split(' per')[0]} per 1,000 inferences by task "
+                                            "(query phase; box: quartiles of runs)")
+    axis.title.set_fontsize(10)
+    _legend(axis)
     return _save(figure, folder / BY_TASK)
 
 
-def energy_vs_quality(models: Any, runs: Any, folder: Path) -> Path | str:
+def energy_vs_quality(models: Any, runs: Any, folder: Path, unit: str = "kWh") -> Path | str:
     """Per task and dataset (quality compares within a dataset only), each model row's energy
-    against its quality, the Pareto frontier marked."""
-    scored = models[models["quality"].notna()]
+    against its quality, coloured by kind or family, the Pareto frontier marked."""
+    column, label = UNITS[unit]
+    mean = f"{column}_mean"
+    scored = models[models["quality"].notna() & (models[mean] > 0)]
     panels = list(dict.fromkeys(zip(scored["task"], scored["dataset"])))
     if not panels:
-        return "no run has a quality figure (imported records hold energy only)"
+        return "no run has a quality figure (imported records hold energy only: tracker annotate attaches quality)"
     plt = _pyplot()
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False)
     for axis, (task, dataset) in zip(axes.flat, panels):
         points = scored[(scored["task"] == task) & (scored["dataset"] == dataset)]
         higher = bool(runs.loc[runs["task"] == task, "higher_is_better"].all())
-        front = pareto_front(list(points.itertuples()), cost=lambda r: r.kwh_per_1k_mean,
+        for group, part in points.groupby(points.apply(_colour_group, axis=1)):
+            axis.scatter(part[mean], part["quality"], s=22, color=COLOURS.get(group, "tab:gray"), label=group)
+        front = pareto_front(list(points.itertuples()), cost=lambda r: getattr(r, mean),
                              quality=lambda r: r.quality, higher_is_better=higher)
-        axis.scatter(points["kwh_per_1k_mean"], points["quality"], s=18, color="tab:blue", label="model row")
-        axis.plot([r.kwh_per_1k_mean for r in front], [r.quality for r in front], color="tab:green",
-                  marker="o", label="Pareto frontier")
+        axis.plot([getattr(r, mean) for r in front], [r.quality for r in front], color="tab:green",
+                  linewidth=1, label="Pareto frontier")
         for r in front:
             settings = f" bs{r.batch_size} {r.precision}" if str(r.batch_size) else ""
-            axis.annotate(_short(r.model) + settings, (r.kwh_per_1k_mean, r.quality), fontsize=6)
+            axis.annotate(_short(r.model) + settings, (getattr(r, mean), r.quality), fontsize=6)
         meaningful = bool(points["quality_meaningful"].all())
         metric = "; ".join(sorted(set(points["quality_metric"]))) or "quality"
-        axis.set(xscale="log", xlabel=ENERGY_LABEL,
-                 ylabel=f"{metric} ({'higher' if higher else 'lower'} is better)",
+        _log(axis, "x")
+        axis.set(xlabel=f"{label} (log)", ylabel=f"{metric} ({'higher' if higher else 'lower'} is better)",
                  title=f"{task} · {dataset}" + ("" if meaningful else "\n(quality NOT meaningful: built-in model/data)"))
         axis.title.set_fontsize(9)
-        axis.legend(fontsize=7)
+        axis.xaxis.label.set_fontsize(8)
+        _legend(axis, size=6)
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     figure.suptitle("Energy against quality")
     return _save(figure, folder / BY_QUALITY)
 
 
-def energy_vs_size(models: Any, folder: Path) -> Path | str:
-    """Energy against parameter count, where runs recorded it (measured runs do; imports do not)."""
-    sized = models[models["parameters"].notna() & (models["parameters"] > 0)]
+def energy_vs_size(models: Any, folder: Path, unit: str = "kWh") -> Path | str:
+    """Energy against parameter count, where runs record it (measured runs do; imports get it from
+    tracker annotate), coloured by kind or family, one marker per task."""
+    column, label = UNITS[unit]
+    mean = f"{column}_mean"
+    sized = models[models["parameters"].notna() & (models["parameters"] > 0) & (models[mean] > 0)]
     if sized.empty:
-        return "no run records its model's parameter count (runs measured by this tracker do; imports do not)"
+        return ("no run records its model's parameter count (measured runs do; for imported ones, tracker "
+                "annotate --parameters attaches it)")
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(6.5, 4.5))
-    for task, points in sized.groupby("task"):
-        axis.scatter(points["parameters"], points["kwh_per_1k_mean"], s=20, label=task)
-    axis.set(xscale="log", yscale="log", xlabel="parameters (log)", ylabel=ENERGY_LABEL,
-             title="Energy against model size")
-    axis.legend(fontsize=7)
+    figure, axis = plt.subplots(figsize=(7, 4.8))
+    markers = dict(zip(sorted(sized["task"].unique()), "osD^v<>pPX*h"))
+    for (task, group), points in sized.groupby(["task", sized.apply(_colour_group, axis=1)]):
+        axis.scatter(points["parameters"], points[mean], s=24, marker=markers[task],
+                     color=COLOURS.get(group, "tab:gray"), alpha=0.8, label=f"{task}: {group}")
+    _log(axis, "x")
+    _log(axis, "y")
+    axis.set(xlabel="parameters (log)", ylabel=f"{label} (log)", title="Energy against model size")
+    _legend(axis, size=7)
     return _save(figure, folder / BY_SIZE)
 
 
-def multipurpose_vs_task_specific(models: Any, folder: Path) -> Path | str:
-    """Per task where both kinds were measured, each model's energy by kind."""
-    kinds = models.groupby("task")["kind"].agg(set)
-    both = [task for task, found in kinds.items() if {"task-specific", "multi-purpose"} <= found]
-    if not both:
-        return "no task has runs of both a task-specific and a multi-purpose model"
+def multipurpose_vs_task_specific(models: Any, folder: Path, unit: str = "kWh") -> Path | str:
+    """Per task and dataset where multi-purpose models were run, each model's energy: the
+    task-specific ones beside each family of multi-purpose ones (Flan-T5, BLOOMz, base LMs, ...)."""
+    from tracker.report.tables import model_family
+
+    column, label = UNITS[unit]
+    mean = f"{column}_mean"
+    prompted = models[models["kind"] == "multi-purpose"]
+    if prompted.empty:
+        return "no run of a multi-purpose model (tag tracker.model.kind; --model-kind or --model-kind-map at import)"
+    groups = list(dict.fromkeys(zip(prompted["task"], prompted["dataset"])))
+    families = sorted(set(prompted["model"].map(model_family)))
+    lanes = ["task-specific"] + families
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(max(6, 2.2 * len(both)), 4.5))
-    for x, task in enumerate(both):
-        for offset, kind, colour in ((-0.15, "task-specific", "tab:blue"), (0.15, "multi-purpose", "tab:orange")):
-            energies = models[(models["task"] == task) & (models["kind"] == kind)].groupby("model")[
-                "kwh_per_1k_mean"].mean()
-            axis.scatter([x + offset] * len(energies), energies, color=colour, s=20,
-                         label=kind if x == 0 else None)
-    axis.set_xticks(range(len(both)), both, rotation=20, ha="right")
-    axis.set_xlim(-0.6, len(both) - 0.4)
-    axis.set(yscale="log", ylabel=ENERGY_LABEL)
-    axis.set_title("Multi-purpose (prompted) against task-specific models", fontsize=10)
-    axis.legend(fontsize=8)
+    figure, axis = plt.subplots(figsize=(max(6.5, 1.6 * len(groups) * len(lanes) / 2), 4.8))
+    width = 0.8 / len(lanes)
+    for x, (task, dataset) in enumerate(groups):
+        here = models[(models["task"] == task) & (models["dataset"] == dataset) & (models[mean] > 0)]
+        for i, lane in enumerate(lanes):
+            if lane == "task-specific":
+                points = here[here["kind"] == "task-specific"]
+            else:
+                points = here[(here["kind"] == "multi-purpose") & (here["model"].map(model_family) == lane)]
+            energies = points.groupby("model")[mean].mean()
+            shown = lane not in axis.get_legend_handles_labels()[1]
+            axis.scatter([x - 0.4 + width * (i + 0.5)] * len(energies), energies, s=22,
+                         color=COLOURS.get(lane, "tab:gray"), label=lane if shown and len(energies) else None)
+    axis.set_xticks(range(len(groups)), [f"{t}\n{d}" for t, d in groups], fontsize=8)
+    axis.set_xlim(-0.6, len(groups) - 0.4)
+    _log(axis, "y")
+    axis.set(ylabel=f"{label} (log)")
+    axis.set_title("Multi-purpose (prompted) against task-specific models: each dot a model's mean", fontsize=10)
+    _legend(axis)
     return _save(figure, folder / BY_KIND)
+
+
+def _colour_group(row: Any) -> str:
+    """A row's colour: its kind, or its family for a multi-purpose model."""
+    from tracker.report.tables import model_family
+
+    return model_family(row["model"]) if row["kind"] == "multi-purpose" else (row["kind"] or "unknown")
+
+
+def _log(axis: Any, which: str) -> None:
+    """A log axis labelled at 1, 2 and 5 of each decade, with unlabelled minor ticks between."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    getattr(axis, f"set_{which}scale")("log")
+    low, high = getattr(axis, f"get_{which}lim")()
+    decades = math.log10(high / low) if low > 0 and high > low else 1.0
+    # Enough labels to read a narrow range, few enough not to crowd a wide one.
+    labelled = tuple(map(float, range(1, 10))) if decades < 0.5 else (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    scale = getattr(axis, f"{which}axis")
+    scale.set_major_locator(LogLocator(base=10, subs=labelled, numticks=30))
+    scale.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")))
+    scale.set_minor_locator(LogLocator(base=10, subs=tuple(float(s) for s in range(1, 10) if s not in labelled),
+                                       numticks=30))
+    scale.set_minor_formatter(NullFormatter())
+    axis.tick_params(axis=which, which="major", labelsize=7)
+
+
+def _legend(axis: Any, size: int = 8) -> None:
+    if axis.get_legend_handles_labels()[1]:
+        axis.legend(fontsize=size)
 
 
 def _pyplot() -> Any:

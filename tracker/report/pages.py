@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 
+OPEN_ROWS = 15  # longer tables are folded on the HTML page
+
+
 @dataclass
 class Section:
     title: str
@@ -42,12 +45,12 @@ def markdown(title: str, sections: list[Section]) -> str:
         lines += [f"## {section.title}", ""]
         for paragraph in section.paragraphs:
             lines += [paragraph, ""]
-        if section.table is not None:
-            lines += _markdown_table(section.table) + [""]
         if section.figure is not None:
             lines += [f"![{section.title}]({section.figure.name})", ""]
         if section.missing_figure:
             lines += [f"*No figure: {section.missing_figure}.*", ""]
+        if section.table is not None:
+            lines += _markdown_table(section.table) + [""]
     return "\n".join(lines)
 
 
@@ -57,13 +60,17 @@ def html_page(title: str, sections: list[Section]) -> str:
     for section in sections:
         body.append(f"<h2>{html.escape(section.title)}</h2>")
         body += [f"<p>{_inline_html(p)}</p>" for p in section.paragraphs]
-        if section.table is not None:
-            body.append(_html_table(section.table))
         if section.figure is not None:
             data = base64.b64encode(section.figure.read_bytes()).decode()
             body.append(f'<img alt="{html.escape(section.title)}" src="data:image/png;base64,{data}">')
         if section.missing_figure:
             body.append(f"<p><em>No figure: {html.escape(section.missing_figure)}.</em></p>")
+        if section.table is not None:
+            table = _html_table(section.table)
+            if len(section.table) > OPEN_ROWS:  # a long table waits, folded, below the figure
+                table = (f"<details><summary>Table: {len(section.table)} rows (click to open)</summary>"
+                         f"{table}</details>")
+            body.append(table)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:13px;margin:1em 0;display:block;overflow-x:auto}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}"

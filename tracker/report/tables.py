@@ -15,7 +15,14 @@ MODEL_COLUMNS = MODEL_KEY + ["kind", "runs", "contended_runs", "kwh_per_1k_mean"
                              "phone_charges_per_1k", "stars", "parameters", "energy_scope", "source",
                              "energy_method"]
 TASK_COLUMNS = ["task", "models", "runs", "kwh_per_1k_mean", "kwh_per_1k_min", "kwh_per_1k_max",
-                "g_co2_per_1k_mean", "phone_charges_per_1k", "energy_scope", "energy_method"]
+                "g_co2_per_1k_mean", "phone_charges_per_1k", "kinds", "energy_scope", "energy_method"]
+MULTIPURPOSE_COLUMNS = ["task", "model", "family", "dataset", "runs", "kwh_per_1k_mean", "kwh_per_1k_min",
+                        "kwh_per_1k_max", "g_co2_per_1k_mean", "x_task_specific", "parameters", "quality",
+                        "quality_metric", "energy_method"]
+MULTI_PURPOSE = "multi-purpose"
+# The families the paper tells apart among multi-purpose models, by model id; others are "base LM".
+FAMILIES = (("Flan-T5", r"flan-t5|flan_t5"), ("BLOOMz", r"bloomz"), ("mT0", r"mt0"), ("T0", r"\bt0"),
+            ("Llama (chat)", r"llama.*chat"), ("instruction-tuned", r"instruct|chat"))
 
 
 def models_table(runs: Any) -> Any:
@@ -46,16 +53,53 @@ def models_table(runs: Any) -> Any:
 
 
 def tasks_table(runs: Any) -> Any:
-    """The paper's table: per task, the mean over runs, and the cheapest and dearest model."""
+    """The paper's table: per task, the mean over runs, and the cheapest and dearest model.
+
+    Multi-purpose runs are left out (they have their table, ``multipurpose_table``): the paper's
+    table is of task-specific models, and averaging both kinds would hide both. Runs whose kind
+    is unknown (imported without one) are kept, and the ``kinds`` column says so.
+    """
+    import pandas as pd
+
+    runs = runs[runs["kind"] != MULTI_PURPOSE]
+    if runs.empty:
+        return pd.DataFrame(columns=TASK_COLUMNS)
     per_model = runs.groupby(["task", "model"])["kwh_per_1k"].mean().groupby(level="task")
     table = runs.groupby("task").agg(
         models=("model", "nunique"), runs=("run_id", "count"), kwh_per_1k_mean=("kwh_per_1k", "mean"),
-        g_co2_per_1k_mean=("g_co2_per_1k", "mean"), energy_scope=("energy_scope", _joined),
-        energy_method=("energy_method", _joined))
+        g_co2_per_1k_mean=("g_co2_per_1k", "mean"), kinds=("kind", _joined),
+        energy_scope=("energy_scope", _joined), energy_method=("energy_method", _joined))
     table["kwh_per_1k_min"] = per_model.min()
     table["kwh_per_1k_max"] = per_model.max()
     table["phone_charges_per_1k"] = table["kwh_per_1k_mean"] / PHONE_CHARGE_KWH
     return table.reset_index().sort_values("kwh_per_1k_mean")[TASK_COLUMNS].reset_index(drop=True)
+
+
+def multipurpose_table(runs: Any) -> Any:
+    """Multi-purpose models prompted for a task: one row per task, model and dataset, with its
+    family and how many times the task-specific models' mean on the same task and dataset it costs."""
+    import pandas as pd
+
+    prompted = runs[runs["kind"] == MULTI_PURPOSE]
+    if prompted.empty:
+        return pd.DataFrame(columns=MULTIPURPOSE_COLUMNS)
+    table = prompted.groupby(["task", "model", "dataset"], sort=False).agg(
+        runs=("run_id", "count"), kwh_per_1k_mean=("kwh_per_1k", "mean"), kwh_per_1k_min=("kwh_per_1k", "min"),
+        kwh_per_1k_max=("kwh_per_1k", "max"), g_co2_per_1k_mean=("g_co2_per_1k", "mean"),
+        parameters=("parameters", "max"), quality=("quality", "mean"), quality_metric=("quality_metric", _joined),
+        energy_method=("energy_method", _joined)).reset_index()
+    specific = runs[runs["kind"] == "task-specific"].groupby(["task", "dataset"])["kwh_per_1k"].mean()
+    table["x_task_specific"] = [row.kwh_per_1k_mean / specific.get((row.task, row.dataset), math.nan)
+                                for row in table.itertuples()]
+    table["family"] = table["model"].map(model_family)
+    return table.sort_values(["task", "dataset", "family", "kwh_per_1k_mean"])[MULTIPURPOSE_COLUMNS].reset_index(drop=True)
+
+
+def model_family(model: str) -> str:
+    """The paper's families of multi-purpose models (Flan-T5, BLOOMz, ...); other models are base LMs."""
+    import re
+
+    return next((name for name, pattern in FAMILIES if re.search(pattern, model, re.IGNORECASE)), "base LM")
 
 
 def star_ratings(energies: list[float]) -> list[int | None]:

@@ -1,0 +1,231 @@
+"""CodeCarbon records (the standard ``emissions.csv`` layout) into MLflow runs named like measured ones.
+
+One run per record: the model is its ``project_name``, the per-inference figures divide by the
+number of inferences the user says each record covers. Phase rows (CodeCarbon task rows, with
+``task_name``) are matched to their record by ``run_id``: every phase becomes
+``phase_<name>_energy_kwh`` and ``phase_<name>_duration_s``, and the load and query phases become
+the load and query figures of measured runs. A record without a query phase covers loading and
+querying together; its run says so (``tracker.energy.scope``).
+
+A record is identified by its CodeCarbon run_id, project_name and timestamp: importing it again
+adds nothing; importing it with other options is counted, and ``replace`` imports it again in place.
+Runs are written in chunks (``tracking.write_finished_runs``), not a transaction per call.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracker.energy import Energy
+from tracker.errors import ConfigError
+from tracker.import_codecarbon.kinds import KindRule, check_kind, kind_of
+from tracker.import_codecarbon.records import Row, number, phase_of, phase_slug, read_records, record_id, times_ms
+from tracker.meter import PhaseReading
+from tracker.runner import QueryReading, RunOutcome
+from tracker.signals import interrupts_raise
+from tracker.summary import run_metrics
+
+logger = logging.getLogger(__name__)
+
+ID_TAG = "tracker.import.record_id"
+OPTIONS_TAG = "tracker.import.options"
+SCOPE_QUERY = "query phase"
+SCOPE_WHOLE = "whole record: model loading and queries together (no query phase record)"
+HARDWARE_COLUMNS = ("cpu_model", "cpu_count", "gpu_model", "gpu_count", "ram_total_size", "os",
+                    "python_version", "region", "cloud_provider", "cloud_region", "tracking_mode")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportConfig:
+    files: tuple[Path, ...]  # emissions.csv files or folders of them; phase files among them are phases
+    task: str
+    dataset: str
+    n_samples: int
+    phases: tuple[Path, ...] = ()
+    experiment: str | None = None
+    model_kind: str | None = None  # task-specific or multi-purpose, for records no rule names
+    model_kind_map: tuple[KindRule, ...] = ()
+    replace: bool = False  # import again, in place, records imported before with other options
+
+    def __post_init__(self) -> None:
+        from tracker.tasks import get_task
+
+        get_task(self.task)  # an unknown task is refused with "did you mean"
+        check_kind(self.model_kind)
+        if not self.dataset.strip():
+            raise ConfigError("--dataset is empty: name the dataset the records measured, e.g. imdb")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.task
+
+
+@dataclass
+class ImportSummary:
+    experiment: str
+    imported: list[str] = field(default_factory=list)  # run ids
+    already_imported: int = 0  # the same record with the same options, or twice in the files
+    other_options: int = 0  # imported before with other options, left as they were
+    replaced: int = 0  # imported before with other options, imported again (the old runs deleted)
+    without_query_phase: int = 0
+    phase_names: set[str] = field(default_factory=set)
+    example_difference: str = ""  # one record's options then and now, when other_options
+
+
+def import_records(config: ImportConfig) -> ImportSummary:
+    """Import every record of ``config.files``; checks everything before the first run is made."""
+    from mlflow import MlflowClient
+
+    from tracker.tracking import check_tracking_server, experiment_id, finished_runs, write_finished_runs
+
+    records = read_records(config.files, config.phases)
+    check_tracking_server()
+    client = MlflowClient()
+    summary = ImportSummary(config.experiment_name)
+    known = {r.data.tags[ID_TAG]: (r.info.run_id, r.data.tags.get(OPTIONS_TAG, ""))
+             for r in finished_runs(client, experiment_id(client, config.experiment_name)) if ID_TAG in r.data.tags}
+    runs, replacing, seen = [], [], set()
+    for path, row in records.complete:
+        identity = record_id(row)
+        phase_rows = records.phases.get(row.get("run_id", ""), [])
+        kind, kind_reason = kind_of(row["project_name"], config.model_kind_map, config.model_kind)
+        options = _options(config, kind, phase_rows)
+        if identity in seen:
+            summary.already_imported += 1
+            continue
+        seen.add(identity)
+        if identity in known:
+            old_run, old_options = known[identity]
+            if old_options == options:
+                summary.already_imported += 1
+                continue
+            if not config.replace:
+                summary.other_options += 1
+                summary.example_difference = summary.example_difference or _difference(old_options, options)
+                continue
+            replacing.append(old_run)
+        summary.phase_names |= {r["task_name"] for r in phase_rows}
+        run = _run(config, path, row, phase_rows, identity, options, kind, kind_reason)
+        summary.without_query_phase += run.tags["tracker.energy.scope"] == SCOPE_WHOLE
+        runs.append(run)
+    summary.replaced = len(replacing)
+    with interrupts_raise():  # Ctrl-C stops between chunks; the chunks written stay, whole
+        summary.imported = write_finished_runs(config.experiment_name, runs, replacing=replacing)
+    return summary
+
+
+def _options(config: ImportConfig, kind: str | None, phase_rows: list[Row]) -> str:
+    """What the user chose for a record, as a run records it: a re-import with others is noticed."""
+    phases = ", ".join(sorted({r["task_name"] for r in phase_rows})) or "none"
+    return (f"task={config.task}; dataset={config.dataset}; n_samples={config.n_samples}; "
+            f"kind={kind or 'unrecorded'}; phases={phases}")
+
+
+def _difference(then: str, now: str) -> str:
+    """'kind: unrecorded -> task-specific', for the options that changed."""
+    before = dict(p.split("=", 1) for p in then.split("; ") if "=" in p)
+    after = dict(p.split("=", 1) for p in now.split("; ") if "=" in p)
+    changed = [f"{k}: {before.get(k, 'unrecorded')} -> {v}" for k, v in after.items() if before.get(k) != v]
+    return "; ".join(changed) or f"then '{then}', now '{now}'"
+
+
+def _run(config: ImportConfig, path: Path, row: Row, phase_rows: list[Row], identity: str, options: str,
+         kind: str | None, kind_reason: str) -> Any:
+    from tracker.tracking import FinishedRun
+
+    outcome = RunOutcome()
+    phase_metrics: dict[str, float] = {}
+    for phase_row in phase_rows:
+        name, energy = phase_row["task_name"], _energy(phase_row)
+        slug = phase_slug(name)
+        phase_metrics[f"phase_{slug}_energy_kwh"] = phase_metrics.get(f"phase_{slug}_energy_kwh", 0.0) + energy.total_kwh
+        phase_metrics[f"phase_{slug}_duration_s"] = phase_metrics.get(f"phase_{slug}_duration_s", 0.0) + energy.duration_s
+        if phase_of(name) == "load":
+            outcome.load = PhaseReading(name, energy)
+        elif phase_of(name) == "query":
+            outcome.queries.append(QueryReading(PhaseReading(name, energy), inferences=config.n_samples))
+    scope = SCOPE_QUERY if outcome.queries else SCOPE_WHOLE
+    if not outcome.queries:
+        outcome.queries.append(QueryReading(PhaseReading("record", _energy(row)), inferences=config.n_samples))
+    whole = _energy(row)
+    metrics = run_metrics(outcome, generative=False) | phase_metrics | {
+        "record_energy_kwh": whole.total_kwh, "record_duration_s": whole.duration_s}
+    model = row["project_name"]
+    params = {"task": config.task, "model": model, "dataset": config.dataset, "n_samples": config.n_samples}
+    if row.get("country_iso_code"):
+        params["country_iso_code"] = row["country_iso_code"]
+    tags = _tags(path, row, phase_rows, scope) | {ID_TAG: identity, OPTIONS_TAG: options}
+    if kind:
+        tags |= {"tracker.model.kind": kind, "tracker.model.kind_reason": kind_reason}
+    return FinishedRun(run_name=f"{model.rstrip('/').split('/')[-1]} · {config.dataset} · imported", tags=tags,
+                       params=params, metrics=metrics, times_ms=times_ms(row),
+                       texts={"codecarbon/emissions.csv": _as_csv([row] + phase_rows)})
+
+
+def _tags(path: Path, row: Row, phase_rows: list[Row], scope: str) -> dict[str, str]:
+    version = row.get("codecarbon_version") or "unknown"
+    recorded = f"imported: as recorded by CodeCarbon {version}"
+    unknown_method = "the record does not say whether it was measured (RAPL) or modelled (TDP)"
+    phases = ", ".join(dict.fromkeys(r["task_name"] for r in phase_rows))
+    how = (f" with its phases ({phases})." if scope == SCOPE_QUERY else
+           f": its phase rows ({phases}) have no query phase, so its energy covers the whole record." if phase_rows
+           else ": no phase records, so its energy covers loading the model too.")
+    tags = {
+        "tracker.imported": "true",
+        "tracker.import.codecarbon_version": version,
+        "tracker.import.file": str(path),
+        "tracker.energy.scope": scope,
+        "tracker.energy.meter": "codecarbon (imported record)",
+        "tracker.energy.cpu.method": f"{recorded}, {_watts(row, 'cpu_power')} average CPU power; {unknown_method}",
+        "tracker.energy.gpu.method": (f"{recorded}, {_watts(row, 'gpu_power')} average GPU power over "
+                                      f"{row.get('gpu_count') or 'an unrecorded number of'} GPU(s) "
+                                      f"({row.get('gpu_model') or 'model not recorded'}); the record does "
+                                      "not say which GPUs the model used"),
+        "tracker.energy.ram.method": f"{recorded}, {_watts(row, 'ram_power')} average RAM power "
+                                     "(CodeCarbon models RAM power from its size)",
+        "tracker.carbon.intensity_source": (f"{recorded}: grid of {row.get('country_name') or '?'} "
+                                            f"({row.get('country_iso_code') or '?'}"
+                                            + (f", region {row['region']}" if row.get("region") else "") + ")"),
+        "tracker.model.source": "imported",
+        "tracker.dataset.source": "imported",
+        "tracker.quality.unavailable": "imported CodeCarbon record: it holds energy, not quality "
+                                       "(tracker annotate attaches a quality table)",
+        "tracker.quality.meaningful": "false",
+        "tracker.import.record_timestamp": row.get("timestamp", ""),
+        "mlflow.note.content": (f"Imported from the CodeCarbon record {row.get('run_id') or '(no run_id)'} in "
+                                f"{path.name}, written by CodeCarbon {version}{how}"),
+    }
+    if row.get("run_id"):
+        tags["tracker.import.codecarbon_run_id"] = row["run_id"]
+    if phase_rows:
+        tags["tracker.import.phase_files"] = ", ".join(sorted({r["_file"] for r in phase_rows}))
+        tags["tracker.import.phases"] = phases
+    tags.update({f"tracker.hardware.{c}": row[c] for c in HARDWARE_COLUMNS if row.get(c)})
+    return tags
+
+
+def _watts(row: Row, column: str) -> str:
+    value = number(row, column)
+    return "unrecorded" if math.isnan(value) else f"{value:.1f} W"
+
+
+def _energy(row: Row) -> Energy:
+    return Energy(cpu_kwh=number(row, "cpu_energy"), gpu_kwh=number(row, "gpu_energy"),
+                  ram_kwh=number(row, "ram_energy"), emissions_kg=number(row, "emissions"),
+                  duration_s=number(row, "duration"))
+
+
+def _as_csv(rows: list[Row]) -> str:
+    """The record and its phase rows as they were read (the complete record first, no task_name)."""
+    columns = list(dict.fromkeys(k for r in rows for k in r if k != "_file"))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
