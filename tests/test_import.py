@@ -1,4 +1,5 @@
-"""tracker import-codecarbon: plain and phase-split records, importing twice, bad files, the paper's records."""
+"""tracker import-codecarbon: plain and phase-split records, identity and --replace, kinds by rule, bad files,
+runs written in one transaction (the paper's records, annotated and reported: test_annotate.py)."""
 
 from __future__ import annotations
 
@@ -190,23 +191,105 @@ def test_bad_records_are_refused_before_any_run(cli, client, tmp_path, problem, 
     assert all_runs(client) == []
 
 
-@pytest.mark.skipif(not PAPER_RECORDS.is_dir(), reason="../shared/data/power-hungry-processing is not beside the repo")
-def test_the_papers_records_give_its_figures(cli, tmp_path):
-    """The paper's query-phase figures: about 0.0023 kWh per 1,000 classifications, 0.049 per 1,000 summaries."""
-    import pandas as pd
+def test_runs_written_in_one_transaction_read_back_as_mlflow_client_writes_them(client):
+    """The SQL fast path writes MLflow's rows itself: what MLflow reads back must be what its own
+    client would have written (a schema change in MLflow fails here, not in users' stores)."""
+    import os
+    import socket
 
-    for path in sorted((PAPER_RECORDS / "complete").glob("*.csv")):
-        task = "summarization" if path.name.startswith("summarize") else "text-classification"
-        dataset = path.stem.split("_")[2 if task == "text-classification" else 1]
-        code, out, err = cli("import-codecarbon", str(path), "--task", task, "--dataset", dataset,
-                             "--n-samples", "1000", "--phases", str(PAPER_RECORDS / "base"))
-        assert code == 0, err
-        assert "80 with a query phase" in out
-    code, _, err = cli("report", "--output", str(tmp_path / "report"))
+    from tracker.tracking import FinishedRun, _write_one, experiment_id, update_runs, write_finished_runs
+
+    run = FinishedRun(run_name="model-a · imdb · imported", tags={"tracker.imported": "true", "x.y": "é ✓"},
+                      params={"task": "text-classification", "n_samples": 1000},
+                      metrics={"energy_kwh": 0.0123, "missing": math.nan, "huge": math.inf},
+                      times_ms=(1_600_000_000_000, 1_600_000_040_000), texts={"codecarbon/emissions.csv": "a,b\n1,2\n"})
+    [fast_id] = write_finished_runs("both", [run])
+    here = {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
+    slow_id = _write_one(client, experiment_id(client, "both"), run, here)
+    fast, slow = client.get_run(fast_id), client.get_run(slow_id)
+    for attribute in ("status", "start_time", "end_time", "lifecycle_stage", "run_name", "user_id", "experiment_id"):
+        assert getattr(fast.info, attribute) == getattr(slow.info, attribute), attribute
+    assert fast.data.params == slow.data.params and fast.data.tags == slow.data.tags
+    assert set(fast.data.metrics) == set(slow.data.metrics)
+    for name, value in slow.data.metrics.items():
+        assert fast.data.metrics[name] == value or (math.isnan(value) and math.isnan(fast.data.metrics[name]))
+    assert open(client.download_artifacts(fast_id, "codecarbon/emissions.csv")).read() == "a,b\n1,2\n"
+    found = client.search_runs([fast.info.experiment_id], "metrics.energy_kwh > 0.01 and params.task = 'text-classification'")
+    assert {r.info.run_id for r in found} == {fast_id, slow_id}
+    # what is learnt later: tags set, a tag deleted, a metric's latest value replaced, its history kept
+    update_runs(client, tags={fast_id: {"tracker.rating.stars": "4"}}, metrics={fast_id: {"energy_kwh": 0.02}},
+                delete_tags=("x.y",))
+    later = client.get_run(fast_id)
+    assert later.data.tags["tracker.rating.stars"] == "4" and "x.y" not in later.data.tags
+    assert later.data.metrics["energy_kwh"] == 0.02
+    assert sorted(m.value for m in client.get_metric_history(fast_id, "energy_kwh")) == [0.0123, 0.02]
+    assert client.get_run(slow_id).data.tags["x.y"] == "é ✓"  # other runs untouched
+
+
+def test_any_phase_name_becomes_metrics_and_phase_files_may_come_as_files(cli, client, tmp_path):
+    """The study's full records have a third phase; one folder holds records and phase rows of
+    several tasks; a run whose phase rows have no query phase keeps its whole record."""
+    folder = tmp_path / "released"
+    folder.mkdir()
+    write(folder / "complete.csv", [
+        record("r1", "org/model-a", cpu=0.003, gpu=0.012, ram=0.003, duration=45, emissions=0.0018),
+        record("r2", "org/model-b", cpu=0.001, gpu=0.001, ram=0.001, duration=9, emissions=0.0003)])
+    write(folder / "phases_r1.csv", [
+        {"task_name": "load model", **record("r1", "org/model-a", cpu=0.001, gpu=0.002, ram=0.001, duration=10,
+                                             emissions=0.0004)},
+        {"task_name": "transfer model to GPU", **record("r1", "org/model-a", cpu=0.0, gpu=0.002, ram=0.0,
+                                                        duration=5, emissions=0.0002)},
+        {"task_name": "query model", **record("r1", "org/model-a", cpu=0.002, gpu=0.008, ram=0.002, duration=30,
+                                              emissions=0.0012)}])
+    write(folder / "phases_r2_and_another_task.csv", [
+        {"task_name": "warm up", **record("r2", "org/model-b", cpu=0.0, gpu=0.001, ram=0.0, duration=2,
+                                          emissions=0.0001)},
+        {"task_name": "query model", **record("r9", "org/other-task", cpu=0.1, gpu=0.1, ram=0.1, duration=2,
+                                              emissions=0.0001)}])
+    code, out, err = cli("import-codecarbon", str(folder), "--task", "text-classification", "--dataset", "imdb",
+                         "--n-samples", "1000")
     assert code == 0, err
-    tasks = pd.read_csv(tmp_path / "report" / "tasks.csv").set_index("task")
-    assert tasks.loc["text-classification", "kwh_per_1k_mean"] == pytest.approx(0.0023, rel=0.02)
-    assert tasks.loc["summarization", "kwh_per_1k_mean"] == pytest.approx(0.049, rel=0.02)
-    assert tasks.loc["text-classification", "models"] == 8 and tasks.loc["text-classification", "runs"] == 240
-    assert (tasks["energy_scope"] == "query phase").all()
-    assert not math.isnan(tasks.loc["summarization", "kwh_per_1k_min"])
+    assert "imported 2 records" in out and "1 with a query phase" in out and "1 whole-record only" in out
+    assert "transfer model to GPU" in out
+    runs = by_model(client)
+    assert set(runs) == {"org/model-a", "org/model-b"}  # r9's phase row has no record here: not a run
+    a = runs["org/model-a"].data.metrics
+    assert a["energy_kwh"] == pytest.approx(0.012) and a["load_energy_kwh"] == pytest.approx(0.004)
+    assert a["phase_transfer_model_to_gpu_energy_kwh"] == pytest.approx(0.002)
+    assert a["phase_transfer_model_to_gpu_duration_s"] == pytest.approx(5)
+    assert a["record_energy_kwh"] == pytest.approx(0.018)
+    b = runs["org/model-b"]
+    assert b.data.metrics["energy_kwh"] == pytest.approx(0.003)  # the whole record: no query phase
+    assert b.data.metrics["phase_warm_up_energy_kwh"] == pytest.approx(0.001)
+    assert "have no query phase" in b.data.tags["mlflow.note.content"]
+
+
+def test_kinds_come_from_rules_and_a_reimport_with_other_options_is_replaced_only_when_asked(cli, client, tmp_path):
+    records = write(tmp_path / "mixed.csv", [
+        record("r1", "google/flan-t5-base", cpu=0.001, gpu=0.01, ram=0.001, duration=10, emissions=0.001),
+        record("r2", "bigscience/bloomz-560m", cpu=0.001, gpu=0.01, ram=0.001, duration=10, emissions=0.001),
+        record("r3", "distilbert-base-uncased-finetuned-sst-2-english", cpu=0.001, gpu=0.001, ram=0.001,
+               duration=10, emissions=0.0001),
+        record("r4", "someone/unlisted", cpu=0.001, gpu=0.001, ram=0.001, duration=10, emissions=0.0001)])
+    rules = tmp_path / "kinds.txt"
+    rules.write_text("# prompted families\nflan-t5|bloomz=multi-purpose\ndistilbert=task-specific\n")
+    args = ["--task", "text-classification", "--dataset", "sst2", "--n-samples", "1000"]
+    assert cli("import-codecarbon", str(records), *args, "--model-kind-map", str(rules))[0] == 0
+    kinds = {model: run.data.tags.get("tracker.model.kind") for model, run in by_model(client).items()}
+    assert kinds == {"google/flan-t5-base": "multi-purpose", "bigscience/bloomz-560m": "multi-purpose",
+                     "distilbert-base-uncased-finetuned-sst-2-english": "task-specific", "someone/unlisted": None}
+    assert "flan-t5|bloomz=multi-purpose" in by_model(client)["google/flan-t5-base"].data.tags["tracker.model.kind_reason"]
+    before = {r.info.run_id for r in all_runs(client)}
+    # the same records, now with a default kind for the unlisted model: counted, left alone, --replace offered
+    code, out, err = cli("import-codecarbon", str(records), *args, "--model-kind-map", str(rules),
+                         "--model-kind", "task-specific")
+    assert code == 0 and "imported 0 records" in out and "3 already imported" in out
+    assert "1 record(s) were imported before with other options" in err and "kind: unrecorded -> task-specific" in err
+    assert "--replace" in err and {r.info.run_id for r in all_runs(client)} == before
+    code, out, err = cli("import-codecarbon", str(records), *args, "--model-kind-map", str(rules),
+                         "--model-kind", "task-specific", "--replace")
+    assert code == 0 and "imported 1 records" in out and "1 imported before with other options replaced" in out
+    runs = all_runs(client)
+    assert len(runs) == 4 and by_model(client)["someone/unlisted"].data.tags["tracker.model.kind"] == "task-specific"
+    [old] = before - {r.info.run_id for r in runs}
+    assert client.get_run(old).info.lifecycle_stage == "deleted"  # restorable, as `mlflow runs delete` leaves it

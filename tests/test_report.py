@@ -83,10 +83,14 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
 
     tasks = pd.read_csv(out / "tasks.csv").set_index("task")
     classification = tasks.loc["text-classification"]
-    assert classification["runs"] == 4 and classification["models"] == 2
-    assert classification["kwh_per_1k_mean"] == pytest.approx((1 + 3 + 5 + 10) / 4)  # over runs
-    # over models: m1's runs average (1 + 3 + 5) / 3 = 3, m2's 10
-    assert (classification["kwh_per_1k_min"], classification["kwh_per_1k_max"]) == pytest.approx((3.0, 10.0))
+    # the paper's table is of task-specific models: m2, multi-purpose, is never averaged in
+    assert classification["runs"] == 3 and classification["models"] == 1
+    assert classification["kwh_per_1k_mean"] == pytest.approx((1 + 3 + 5) / 3)  # over runs
+    assert (classification["kwh_per_1k_min"], classification["kwh_per_1k_max"]) == pytest.approx((3.0, 3.0))
+    assert classification["kinds"] == "task-specific"
+    prompted = pd.read_csv(out / "multipurpose.csv")
+    assert list(prompted["model"]) == ["m2"] and prompted.loc[0, "family"] == "base LM"
+    assert prompted.loc[0, "x_task_specific"] == pytest.approx(10 / 2)  # over m1's runs on imdb: (1 + 3) / 2
     assert list(tasks.index) == ["fill-mask", "text-classification", "summarization"]  # cheapest first
 
     regional = pd.read_csv(out / "regional.csv")
@@ -102,7 +106,8 @@ def test_report_aggregates_runs_with_known_figures(cli, client, tmp_path):
     assert page.count("data:image/png;base64,") == 4 and 'src="energy' not in page  # self-contained
     assert "★★★★★" in page and "IND (" in page
     summary = (out / "report.md").read_text()
-    assert "| text-classification | 2 | 4 | 4.75 | 3 | 10 |" in summary
+    assert "| text-classification | 1 | 3 | 3 | 3 | 3 |" in summary
+    assert "Kinds kept apart: the 1 runs of multi-purpose models" in summary
     assert summary.index("| IND (713 g/kWh) | FRA (56 g/kWh) |") > 0  # in the order the user named them
     assert "Left out: 1 runs of a search" in summary
     assert "Contended: 1 of 7 runs" in summary

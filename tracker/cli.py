@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: FRA,USA,DEU,CHN,IND)")
     report.add_argument("--include-tuning", nargs="?", const="true", default="false",
                         help="also compare the runs of `tracker tune` searches (default: false)")
+    report.add_argument("--unit", default="kWh", choices=["kWh", "gCO2eq"],
+                        help="energy or carbon per 1,000 inferences in the figures (default: kWh)")
     report.add_argument("--report-experiment", default="report", help="experiment of the report run (default: report)")
     report.add_argument("--no-tag-runs", dest="tag_runs", action="store_false",
                         help="do not tag the compared runs with their stars")
@@ -343,13 +345,18 @@ def _report(args: argparse.Namespace) -> int:
     config = ReportConfig(output=Path(args.output), experiments=_listed(args.experiments),
                           countries=_listed(args.countries) or DEFAULT_COUNTRIES,
                           include_tuning=boolean("--include-tuning", args.include_tuning),
-                          report_experiment=args.report_experiment, tag_runs=args.tag_runs)
+                          report_experiment=args.report_experiment, tag_runs=args.tag_runs, unit=args.unit)
     result = build_report(config)
+    tables = "models.csv, tasks.csv, " + ("multipurpose.csv, " if len(result.multipurpose) else "") + "regional.csv"
     print(f"report run {result.run_id}: {len(result.models)} model rows, {len(result.tasks)} task(s); "
-          f"written to {result.output}/ (report.html, report.md, models.csv, tasks.csv, regional.csv, figures)")
+          f"written to {result.output}/ (report.html, report.md, {tables}, figures)")
     for task in result.tasks.itertuples():
         print(f"  {task.task:<30} {task.models:>3} models {task.runs:>4} runs  kWh per 1,000: mean "
               f"{_fmt(task.kwh_per_1k_mean)} (models {_fmt(task.kwh_per_1k_min)} to {_fmt(task.kwh_per_1k_max)})")
+    for (task, family), rows in result.multipurpose.groupby(["task", "family"], sort=False):
+        print(f"  {task} prompted, {family:<16} {rows['model'].nunique():>3} models {rows['runs'].sum():>4} runs  "
+              f"kWh per 1,000: {_fmt(rows['kwh_per_1k_mean'].min())} to {_fmt(rows['kwh_per_1k_mean'].max())}, "
+              f"{rows['x_task_specific'].median():.0f}x the task-specific models (median)")
     return 0
 
 

@@ -44,27 +44,28 @@ def insert_finished_runs(store: Any, experiment_id: str, runs: list[dict[str, An
     from mlflow.utils.validation import _validate_batch_log_data
 
     now = get_current_time_millis()
-    rows: list[Any] = []
+    rows: dict[Any, list[dict[str, Any]]] = {model: [] for model in (SqlRun, SqlTag, SqlParam, SqlMetric, SqlLatestMetric)}
     for run in runs:
         tags = run["tags"] | {MLFLOW_RUN_NAME: run["run_name"]}
         metrics = [Metric(k, float(v), now, 0) for k, v in run["metrics"].items()]
         params = [Param(k, str(v)) for k, v in run["params"].items()]
         _validate_batch_log_data(metrics, params, [RunTag(k, str(v)) for k, v in tags.items()])
         run_id = run["run_id"]
-        rows.append(SqlRun(
+        rows[SqlRun].append(dict(
             name=run["run_name"], artifact_uri=run["artifact_uri"], run_uuid=run_id,
             experiment_id=int(experiment_id), source_type=SourceType.to_string(SourceType.UNKNOWN),
             source_name="", entry_point_name="", user_id=tags.get(MLFLOW_USER, "unknown"), status="FINISHED",
             start_time=run["start_ms"] or now, end_time=run["end_ms"] or now, deleted_time=None,
             source_version="", lifecycle_stage=LifecycleStage.ACTIVE))
-        rows += [SqlTag(key=k, value=str(v), run_uuid=run_id) for k, v in tags.items()]
-        rows += [SqlParam(key=p.key, value=p.value, run_uuid=run_id) for p in params]
+        rows[SqlTag] += [dict(key=k, value=str(v), run_uuid=run_id) for k, v in tags.items()]
+        rows[SqlParam] += [dict(key=p.key, value=p.value, run_uuid=run_id) for p in params]
         for metric in metrics:
             is_nan, value = store.sanitize_metric_value(metric.value)
             for model in (SqlMetric, SqlLatestMetric):
-                rows.append(model(key=metric.key, value=value, timestamp=now, step=0, is_nan=is_nan, run_uuid=run_id))
-    with store.ManagedSessionMaker(read_only=False) as session:
-        session.add_all(rows)  # committed as one transaction when the block ends
+                rows[model].append(dict(key=metric.key, value=value, timestamp=now, step=0, is_nan=is_nan,
+                                        run_uuid=run_id))
+    with store.ManagedSessionMaker(read_only=False) as session:  # one transaction, committed at the end
+        _insert(session, rows)
 
 
 def update_runs(store: Any, tags: dict[str, dict[str, str]], metrics: dict[str, dict[str, float]],
@@ -77,18 +78,19 @@ def update_runs(store: Any, tags: dict[str, dict[str, str]], metrics: dict[str, 
     from mlflow.utils.validation import _validate_batch_log_data
 
     now = get_current_time_millis()
-    rows: list[Any] = []
+    rows: dict[Any, list[dict[str, Any]]] = {SqlTag: [], SqlMetric: [], SqlLatestMetric: []}
     by_keys: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}  # runs that replace the same names
     for run_id in set(tags) | set(metrics):
         run_tags, run_metrics = tags.get(run_id, {}), metrics.get(run_id, {})
         checked = [Metric(k, float(v), now, 0) for k, v in run_metrics.items()]
         _validate_batch_log_data(checked, [], [RunTag(k, str(v)) for k, v in run_tags.items()])
         by_keys.setdefault((tuple(sorted(run_tags) + list(delete_tags)), tuple(sorted(run_metrics))), []).append(run_id)
-        rows += [SqlTag(key=k, value=str(v), run_uuid=run_id) for k, v in run_tags.items()]
+        rows[SqlTag] += [dict(key=k, value=str(v), run_uuid=run_id) for k, v in run_tags.items()]
         for metric in checked:
             is_nan, value = store.sanitize_metric_value(metric.value)
             for model in (SqlMetric, SqlLatestMetric):
-                rows.append(model(key=metric.key, value=value, timestamp=now, step=0, is_nan=is_nan, run_uuid=run_id))
+                rows[model].append(dict(key=metric.key, value=value, timestamp=now, step=0, is_nan=is_nan,
+                                        run_uuid=run_id))
     with store.ManagedSessionMaker(read_only=False) as session:
         for (tag_keys, metric_keys), run_ids in by_keys.items():
             for chunk in _chunks(run_ids):
@@ -96,7 +98,17 @@ def update_runs(store: Any, tags: dict[str, dict[str, str]], metrics: dict[str, 
                     if keys:  # the latest value is replaced; the history (SqlMetric) keeps the old ones
                         session.query(model).filter(model.run_uuid.in_(chunk), model.key.in_(keys)).delete(
                             synchronize_session=False)
-        session.add_all(rows)
+        _insert(session, rows)
+
+
+def _insert(session: Any, rows: dict[Any, list[dict[str, Any]]]) -> None:
+    """Plain INSERTs of many rows per table (executemany), runs first: the ORM's unit of work
+    would build an object per row, most of the time of a large import."""
+    from sqlalchemy import insert
+
+    for model, values in rows.items():
+        if values:
+            session.execute(insert(model.__table__), values)
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
