@@ -1,6 +1,7 @@
 """MLflow: where runs go, and a run's lifecycle (never left RUNNING). The only module that opens
 and ends runs: measured runs (``recorded_run``), a search's parent (``open_run``, ``resumed_run``),
-attempts that died before their run (``failed_run``, ``end_run``), orphans, spooled runs.
+attempts that died before their run (``failed_run``, ``end_run``), orphans, spooled runs, and
+runs that record earlier measurements, written whole (``write_finished_runs``).
 
 One experiment per task by default. Under ``mlflow run`` (MLFLOW_RUN_ID set), the launcher's run
 holds the raw -P values (an empty model, device "auto") and sits in whatever experiment

@@ -41,8 +41,9 @@ def energy_by_task(runs: Any, tasks: Any, folder: Path, unit: str = "kWh") -> Pa
                      medianprops={"color": "black"})
         for kind, points in of_task.groupby("kind"):
             jitter = [x + 0.3 * (((i * 0.618) % 1) - 0.5) for i in range(len(points))]  # spread, reproducibly
+            legend = f"a run ({kind} model)"
             axis.scatter(jitter, points[column], s=7, alpha=0.45, color=COLOURS.get(kind, "tab:gray"),
-                         label=f"a run ({kind} model)" if kind not in axis.get_legend_handles_labels()[1] else None)
+                         label=legend if legend not in axis.get_legend_handles_labels()[1] else None)
     axis.set_xticks(range(len(order)), order, rotation=30, ha="right")
     axis.set_xlim(-0.7, len(order) - 0.3)
     _log(axis, "y")
@@ -168,11 +169,17 @@ def _log(axis: Any, which: str) -> None:
     labelled = tuple(map(float, range(1, 10))) if decades < 0.5 else (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
     scale = getattr(axis, f"{which}axis")
     scale.set_major_locator(LogLocator(base=10, subs=labelled, numticks=30))
-    scale.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}".replace("e-0", "e-").replace("e+0", "e")))
+    scale.set_major_formatter(FuncFormatter(_tick))
     scale.set_minor_locator(LogLocator(base=10, subs=tuple(float(s) for s in range(1, 10) if s not in labelled),
                                        numticks=30))
     scale.set_minor_formatter(NullFormatter())
     axis.tick_params(axis=which, which="major", labelsize=7)
+
+
+def _tick(value: float, _: Any) -> str:
+    """5e-3, 2e8, 1e10: short, and the same width in every decade."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
 
 
 def _legend(axis: Any, size: int = 8) -> None:
