@@ -65,7 +65,7 @@ def all_runs(client) -> list:
     experiments = client.search_experiments()
     if not experiments:
         return []
-    return client.search_runs([e.experiment_id for e in experiments])
+    return client.search_runs([e.experiment_id for e in experiments], max_results=50000)  # MLflow's most
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
