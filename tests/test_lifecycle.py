@@ -65,6 +65,30 @@ def test_run_against_a_real_mlflow_server(hermetic):
         assert run.info.status == "FINISHED"
         assert "codecarbon" in {a.path for a in remote.list_artifacts(run.info.run_id)}
 
+        # imports, annotations and ratings through a server take MLflow's client, not SQL chunks
+        from test_import import record, write
+
+        records = write(hermetic / "emissions.csv", [
+            record(f"r{i}", f"org/model-{i}", cpu=0.001 * (i + 1), gpu=0.0, ram=0.001, duration=10, emissions=0.0001)
+            for i in range(3)])
+        quality = write(hermetic / "q.csv", [{"model": "org/model-1", "dataset": "imdb", "metric": "acc", "value": "0.9"}])
+        env = subprocess_env(MLFLOW_TRACKING_URI=uri)
+        for command in (["import-codecarbon", str(records), "--task", "text-classification", "--dataset", "imdb",
+                         "--n-samples", "1000", "--model-kind", "task-specific"],
+                        ["annotate", "--quality", str(quality), "--experiments", "text-classification"],
+                        ["report", "--output", str(hermetic / "report"), "--experiments", "text-classification"]):
+            done = subprocess.run([sys.executable, "-m", "tracker", *command], env=env, capture_output=True,
+                                  text=True, timeout=300, cwd=hermetic)
+            assert done.returncode == 0, done.stderr[-3000:]
+        imported = {r.data.params["model"]: r for r in all_runs(remote) if r.data.tags.get("tracker.imported")}
+        assert len(imported) == 3 and {r.info.status for r in imported.values()} == {"FINISHED"}
+        assert "codecarbon/emissions.csv" in {a.path for a in remote.list_artifacts(imported["org/model-0"].info.run_id,
+                                                                                        "codecarbon")}
+        assert imported["org/model-1"].data.metrics["quality"] == 0.9
+        assert "tracker.quality.unavailable" not in imported["org/model-1"].data.tags
+        assert imported["org/model-2"].data.tags["tracker.rating.stars"] == "1"  # the dearest of the four rows
+        assert len({r.data.tags["tracker.rating.report_run_id"] for r in imported.values()}) == 1
+
 
 def test_mlflow_run_entry_point(client, hermetic):
     """`mlflow run` creates its run in Default: the measured run goes to the task's experiment,
