@@ -84,21 +84,19 @@ def test_the_papers_records_as_released_give_its_table_kinds_apart_with_quality_
     phases, quality and sizes; the paper's table unpolluted, the multi-purpose families apart."""
     import pandas as pd
 
-    D = PAPER_RECORDS
-    kinds = "flan-t5|bloom|gpt2|opt-|llama=multi-purpose"
-    for d in ("imdb", "sst2", "tomatoes"):
-        code, out, err = cli("import-codecarbon", str(D / "complete" / f"text_classif_{d}.csv"),
-                             *map(str, sorted((D / "multi-purpose").glob(f"zeroshot_sentiment_{d}*.csv"))),
-                             "--task", "text-classification", "--dataset", d, "--n-samples", "1000",
-                             "--phases", str(D / "base"), "--model-kind", "task-specific", "--model-kind-map", kinds,
-                             "--experiment", "paper-text-classification")
-        assert code == 0 and "imported 200 records" in out and "200 with a query phase" in out, err
-    for d in ("cnn", "samsum", "xsum"):
-        code, out, err = cli("import-codecarbon", str(D / "complete" / f"summarize_{d}_15.csv"),
-                             "--task", "summarization", "--dataset", d, "--n-samples", "1000",
-                             "--phases", str(D / "base"), "--model-kind", "task-specific",
-                             "--experiment", "paper-summarization")
-        assert code == 0 and "imported 80 records" in out, err
+    D = PAPER_RECORDS  # the README's commands
+    code, out, err = cli("import-codecarbon", *map(str, sorted((D / "complete").glob("text_classif_*.csv"))),
+                         str(D / "multi-purpose"), "--task", "text-classification",
+                         "--dataset-from-file", "_(imdb|sst2|tomatoes)", "--n-samples", "1000",
+                         "--phases", str(D / "base"), "--model-kind", "task-specific",
+                         "--model-kind-map", "flan-t5|bloom|gpt2|opt-|llama=multi-purpose",
+                         "--experiment", "paper-text-classification")
+    assert code == 0 and "imported 600 records" in out and "600 with a query phase" in out, err
+    code, out, err = cli("import-codecarbon", *map(str, sorted((D / "complete").glob("summarize_*.csv"))),
+                         "--task", "summarization", "--dataset-from-file", "_(cnn|samsum|xsum)_",
+                         "--n-samples", "1000", "--phases", str(D / "base"), "--model-kind", "task-specific",
+                         "--experiment", "paper-summarization")
+    assert code == 0 and "imported 240 records" in out, err
     experiments = "paper-text-classification,paper-summarization"
     code, out, err = cli("annotate", "--quality", str(D / "performance.csv"), "--parameters",
                          str(D / "model_parameters.csv"), "--experiments", experiments, "--alias",

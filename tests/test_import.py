@@ -293,3 +293,21 @@ def test_kinds_come_from_rules_and_a_reimport_with_other_options_is_replaced_onl
     assert len(runs) == 4 and by_model(client)["someone/unlisted"].data.tags["tracker.model.kind"] == "task-specific"
     [old] = before - {r.info.run_id for r in runs}
     assert client.get_run(old).info.lifecycle_stage == "deleted"  # restorable, as `mlflow runs delete` leaves it
+    assert by_model(client)["someone/unlisted"].data.tags["tracker.import.replaces"] == old
+
+
+def test_the_dataset_may_come_from_each_files_name(cli, client, tmp_path):
+    for dataset in ("imdb", "sst2"):
+        write(tmp_path / f"text_classif_{dataset}.csv", [
+            record(f"r-{dataset}", "org/model-a", cpu=0.001, gpu=0.0, ram=0.001, duration=10, emissions=0.0001)])
+    code, out, err = cli("import-codecarbon", str(tmp_path), "--task", "text-classification",
+                         "--dataset-from-file", "_(imdb|sst2)", "--n-samples", "1000")
+    assert code == 0 and "imported 2 records" in out, err
+    assert {r.data.params["dataset"] for r in all_runs(client)} == {"imdb", "sst2"}
+    write(tmp_path / "tomatoes.csv", [record("r-t", "org/model-a", cpu=0.001, gpu=0.0, ram=0.001, duration=10,
+                                              emissions=0.0001)])
+    code, _, err = cli("import-codecarbon", str(tmp_path), "--task", "text-classification",
+                       "--dataset-from-file", "_(imdb|sst2)", "--n-samples", "1000")
+    assert code == 2 and "finds no dataset in the file name 'tomatoes.csv'" in err and len(all_runs(client)) == 2
+    code, _, err = cli("import-codecarbon", str(tmp_path), "--task", "text-classification", "--n-samples", "1000")
+    assert code == 2 and "--dataset NAME" in err and "--dataset-from-file REGEX" in err

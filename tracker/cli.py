@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="emissions.csv files or folders of them: complete records (one run per row); "
                               "phase files (task_name) among them are used as --phases")
     records.add_argument("--task", required=True, help=RUN_FLAGS["task"])
-    records.add_argument("--dataset", required=True, help="the dataset the records measured, e.g. imdb")
+    records.add_argument("--dataset", help="the dataset the records measured, e.g. imdb")
+    records.add_argument("--dataset-from-file", metavar="REGEX",
+                         help="instead of --dataset: a regular expression on each file's name whose first group "
+                              "is its dataset, e.g. '_(imdb|sst2|tomatoes)'")
     records.add_argument("--n-samples", required=True, help="inferences each record covers, e.g. 1000")
     records.add_argument("--phases", nargs="+", default=[], metavar="PATH",
                          help="files or folders of the same runs split by phase (task_name: load model, "
@@ -299,6 +302,7 @@ def _import(args: argparse.Namespace) -> int:
     from tracker.import_codecarbon.kinds import parse_rules
 
     config = ImportConfig(files=tuple(map(Path, args.files)), task=args.task, dataset=args.dataset,
+                          dataset_from_file=args.dataset_from_file,
                           n_samples=_integer("n_samples", args.n_samples, 1),
                           phases=tuple(map(Path, args.phases)), experiment=args.experiment,
                           model_kind=args.model_kind, model_kind_map=parse_rules(tuple(args.model_kind_map)),

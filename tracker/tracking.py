@@ -350,17 +350,17 @@ class FinishedRun:
     metrics: dict[str, float]
     times_ms: tuple[int, int] | None = None  # (start, end); None: now
     texts: dict[str, str] = field(default_factory=dict)  # artifact path: its text
+    replaces: str | None = None  # a run this one takes the place of: deleted once this one is written
 
 
-def write_finished_runs(experiment: str, runs: list[FinishedRun], *, replacing: list[str] = (),
-                        chunk: int = 200) -> list[str]:
+def write_finished_runs(experiment: str, runs: list[FinishedRun], *, chunk: int = 200) -> list[str]:
     """Write ``runs`` into ``experiment``, FINISHED, ``chunk`` at a time; returns their run ids.
 
     On a SQL store each chunk is one transaction (``tracker.sql_bulk``), so a chunk is there whole
     or not at all, and a Ctrl-C waits for the chunk being written. Elsewhere (a tracking server)
     each run is made with MLflow's client and ended FAILED, with the reason, if a call fails.
-    Runs in ``replacing`` (imported before with other options) are deleted, as `mlflow runs
-    delete` deletes (restorable), once their replacements are written.
+    The run a new one ``replaces`` (imported before with other options) is deleted, as `mlflow
+    runs delete` deletes (restorable), as soon as the chunk of its replacement is written.
     """
     import socket
 
@@ -382,7 +382,8 @@ def write_finished_runs(experiment: str, runs: list[FinishedRun], *, replacing: 
         release = defer_interrupts()  # a chunk is written whole; a Ctrl-C is raised between chunks
         try:
             if store is None:
-                ids += [_write_one(client, exp_id, run, here) for run in part]
+                for run in part:
+                    ids.append(_write_one(client, exp_id, run, here))
                 continue
             rows = []
             for run in part:
@@ -390,15 +391,19 @@ def write_finished_runs(experiment: str, runs: list[FinishedRun], *, replacing: 
                 artifact_uri = f"{root.rstrip('/')}/{run_id}/artifacts"
                 _write_texts(artifact_uri, run.texts)  # before the run exists: a run never lacks them
                 start_ms, end_ms = run.times_ms or (None, None)
-                rows.append({"run_id": run_id, "run_name": run.run_name, "tags": run.tags | here,
+                replaces = {"tracker.import.replaces": run.replaces} if run.replaces else {}
+                rows.append({"run_id": run_id, "run_name": run.run_name, "tags": run.tags | here | replaces,
                              "params": run.params, "metrics": run.metrics, "start_ms": start_ms,
                              "end_ms": end_ms, "artifact_uri": artifact_uri})
             sql_bulk.insert_finished_runs(store, exp_id, rows)
             ids += [row["run_id"] for row in rows]
         finally:
-            release()
-    for run_id in replacing:
-        client.delete_run(run_id)
+            try:
+                for run in part[:len(ids) - start]:  # those of the chunk that were written
+                    if run.replaces:
+                        client.delete_run(run.replaces)
+            finally:
+                release()
     return ids
 
 
@@ -429,7 +434,9 @@ def update_runs(client: Any, *, tags: dict[str, dict[str, str]] | None = None,
 
 def _write_one(client: Any, exp_id: str, run: FinishedRun, here: dict[str, str]) -> str:
     start_ms, end_ms = run.times_ms or (None, None)
-    run_id = client.create_run(exp_id, run_name=run.run_name, tags=run.tags | here, start_time=start_ms).info.run_id
+    replaces = {"tracker.import.replaces": run.replaces} if run.replaces else {}
+    run_id = client.create_run(exp_id, run_name=run.run_name, tags=run.tags | here | replaces,
+                               start_time=start_ms).info.run_id
     try:
         _apply(client, run_id, {"op": "log", "time_ms": int(time.time() * 1000), "metrics": run.metrics,
                                 "params": run.params, "tags": {}})

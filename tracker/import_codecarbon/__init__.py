@@ -18,6 +18,7 @@ import csv
 import io
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ HARDWARE_COLUMNS = ("cpu_model", "cpu_count", "gpu_model", "gpu_count", "ram_tot
 class ImportConfig:
     files: tuple[Path, ...]  # emissions.csv files or folders of them; phase files among them are phases
     task: str
-    dataset: str
+    dataset: str | None = None  # the dataset every record measured, or:
+    dataset_from_file: str | None = None  # a regex on each file's name whose first group names it
     n_samples: int
     phases: tuple[Path, ...] = ()
     experiment: str | None = None
@@ -58,8 +60,27 @@ class ImportConfig:
 
         get_task(self.task)  # an unknown task is refused with "did you mean"
         check_kind(self.model_kind)
-        if not self.dataset.strip():
+        if (self.dataset is None) == (self.dataset_from_file is None):
+            raise ConfigError("name the dataset the records measured with --dataset NAME (e.g. imdb), or with "
+                              "--dataset-from-file REGEX to read it from each file's name; one of them, not both")
+        if self.dataset is not None and not self.dataset.strip():
             raise ConfigError("--dataset is empty: name the dataset the records measured, e.g. imdb")
+        if self.dataset_from_file is not None:
+            try:
+                re.compile(self.dataset_from_file)
+            except re.error as err:
+                raise ConfigError(f"--dataset-from-file '{self.dataset_from_file}' is not a regular expression "
+                                  f"({err})") from None
+
+    def dataset_of(self, path: Path) -> str:
+        """The dataset of a file's records: --dataset, or what --dataset-from-file finds in its name."""
+        if self.dataset is not None:
+            return self.dataset
+        found = re.search(self.dataset_from_file or "", path.name)
+        if found is None or not (found.group(1) if found.groups() else found.group(0)):
+            raise ConfigError(f"--dataset-from-file '{self.dataset_from_file}' finds no dataset in the file name "
+                              f"'{path.name}': change the pattern, or import that file with --dataset NAME")
+        return found.group(1) if found.groups() else found.group(0)
 
     @property
     def experiment_name(self) -> str:
@@ -85,21 +106,23 @@ def import_records(config: ImportConfig) -> ImportSummary:
     from tracker.tracking import check_tracking_server, experiment_id, finished_runs, write_finished_runs
 
     records = read_records(config.files, config.phases)
+    datasets = {path: config.dataset_of(path) for path in dict.fromkeys(p for p, _ in records.complete)}
     check_tracking_server()
     client = MlflowClient()
     summary = ImportSummary(config.experiment_name)
     known = {r.data.tags[ID_TAG]: (r.info.run_id, r.data.tags.get(OPTIONS_TAG, ""))
              for r in finished_runs(client, experiment_id(client, config.experiment_name)) if ID_TAG in r.data.tags}
-    runs, replacing, seen = [], [], set()
+    runs, seen = [], set()
     for path, row in records.complete:
         identity = record_id(row)
         phase_rows = records.phases.get(row.get("run_id", ""), [])
         kind, kind_reason = kind_of(row["project_name"], config.model_kind_map, config.model_kind)
-        options = _options(config, kind, phase_rows)
+        options = _options(config, datasets[path], kind, phase_rows)
         if identity in seen:
             summary.already_imported += 1
             continue
         seen.add(identity)
+        replaces = None
         if identity in known:
             old_run, old_options = known[identity]
             if old_options == options:
@@ -109,21 +132,22 @@ def import_records(config: ImportConfig) -> ImportSummary:
                 summary.other_options += 1
                 summary.example_difference = summary.example_difference or _difference(old_options, options)
                 continue
-            replacing.append(old_run)
+            replaces = old_run
         summary.phase_names |= {r["task_name"] for r in phase_rows}
-        run = _run(config, path, row, phase_rows, identity, options, kind, kind_reason)
+        run = _run(config, datasets[path], path, row, phase_rows, identity, options, kind, kind_reason)
+        run.replaces = replaces
         summary.without_query_phase += run.tags["tracker.energy.scope"] == SCOPE_WHOLE
         runs.append(run)
-    summary.replaced = len(replacing)
+    summary.replaced = sum(run.replaces is not None for run in runs)
     with interrupts_raise():  # Ctrl-C stops between chunks; the chunks written stay, whole
-        summary.imported = write_finished_runs(config.experiment_name, runs, replacing=replacing)
+        summary.imported = write_finished_runs(config.experiment_name, runs)
     return summary
 
 
-def _options(config: ImportConfig, kind: str | None, phase_rows: list[Row]) -> str:
+def _options(config: ImportConfig, dataset: str, kind: str | None, phase_rows: list[Row]) -> str:
     """What the user chose for a record, as a run records it: a re-import with others is noticed."""
     phases = ", ".join(sorted({r["task_name"] for r in phase_rows})) or "none"
-    return (f"task={config.task}; dataset={config.dataset}; n_samples={config.n_samples}; "
+    return (f"task={config.task}; dataset={dataset}; n_samples={config.n_samples}; "
             f"kind={kind or 'unrecorded'}; phases={phases}")
 
 
@@ -135,7 +159,7 @@ def _difference(then: str, now: str) -> str:
     return "; ".join(changed) or f"then '{then}', now '{now}'"
 
 
-def _run(config: ImportConfig, path: Path, row: Row, phase_rows: list[Row], identity: str, options: str,
+def _run(config: ImportConfig, dataset: str, path: Path, row: Row, phase_rows: list[Row], identity: str, options: str,
          kind: str | None, kind_reason: str) -> Any:
     from tracker.tracking import FinishedRun
 
@@ -157,13 +181,13 @@ def _run(config: ImportConfig, path: Path, row: Row, phase_rows: list[Row], iden
     metrics = run_metrics(outcome, generative=False) | phase_metrics | {
         "record_energy_kwh": whole.total_kwh, "record_duration_s": whole.duration_s}
     model = row["project_name"]
-    params = {"task": config.task, "model": model, "dataset": config.dataset, "n_samples": config.n_samples}
+    params = {"task": config.task, "model": model, "dataset": dataset, "n_samples": config.n_samples}
     if row.get("country_iso_code"):
         params["country_iso_code"] = row["country_iso_code"]
     tags = _tags(path, row, phase_rows, scope) | {ID_TAG: identity, OPTIONS_TAG: options}
     if kind:
         tags |= {"tracker.model.kind": kind, "tracker.model.kind_reason": kind_reason}
-    return FinishedRun(run_name=f"{model.rstrip('/').split('/')[-1]} · {config.dataset} · imported", tags=tags,
+    return FinishedRun(run_name=f"{model.rstrip('/').split('/')[-1]} · {dataset} · imported", tags=tags,
                        params=params, metrics=metrics, times_ms=times_ms(row),
                        texts={"codecarbon/emissions.csv": _as_csv([row] + phase_rows)})
 
