@@ -177,7 +177,9 @@ def _log(axis: Any, which: str) -> None:
 
 
 def _tick(value: float, _: Any) -> str:
-    """5e-3, 2e8, 1e10: short, and the same width in every decade."""
+    """0.005, 20, 2e8, 1e10: plain where that is short, powers of ten beyond."""
+    if 1e-3 <= value < 1e5:
+        return f"{value:g}"
     mantissa, exponent = f"{value:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
