@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -194,7 +196,34 @@ def test_bad_records_are_refused_before_any_run(cli, client, tmp_path, problem, 
 def test_runs_written_in_one_transaction_read_back_as_mlflow_client_writes_them(client):
     """The SQL fast path writes MLflow's rows itself: what MLflow reads back must be what its own
     client would have written (a schema change in MLflow fails here, not in users' stores)."""
-    import os
+    _written_both_ways(client)
+
+
+@pytest.mark.skipif(not os.environ.get("TRACKER_TEST_POSTGRES_URL"),
+                    reason="set TRACKER_TEST_POSTGRES_URL (.ci/run starts a PostgreSQL server)")
+def test_runs_written_in_one_transaction_on_a_postgresql_store(monkeypatch):
+    import mlflow
+    import psycopg
+    from mlflow import MlflowClient
+
+    url = os.environ["TRACKER_TEST_POSTGRES_URL"]
+    database = f"mlflow_{os.getpid()}_{int(time.time())}"  # MLflow's own tables, apart from Optuna's
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    store = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1) + f"/{database}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mlflow.set_tracking_uri(store)
+    try:
+        client = MlflowClient()
+        from tracker import sql_bulk
+
+        assert sql_bulk.sql_store(client) is not None  # the fast path is the one tried
+        _written_both_ways(client)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def _written_both_ways(client):
     import socket
 
     from tracker.tracking import FinishedRun, _write_one, experiment_id, update_runs, write_finished_runs
