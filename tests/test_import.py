@@ -340,3 +340,27 @@ def test_the_dataset_may_come_from_each_files_name(cli, client, tmp_path):
     assert code == 2 and "finds no dataset in the file name 'tomatoes.csv'" in err and len(all_runs(client)) == 2
     code, _, err = cli("import-codecarbon", str(tmp_path), "--task", "text-classification", "--n-samples", "1000")
     assert code == 2 and "--dataset NAME" in err and "--dataset-from-file REGEX" in err
+
+
+def test_runs_imported_before_record_ids_are_recognised_and_replaced_when_asked(cli, client, tmp_path):
+    """An earlier version keyed a record by its text: importing it again must not add it twice."""
+    from mlflow.entities import Param
+
+    from tracker.import_codecarbon.records import times_ms
+    from tracker.tracking import experiment_id
+
+    row = record("r1", "org/model-a", cpu=0.001, gpu=0.0, ram=0.001, duration=10, emissions=0.0001)
+    start, end = times_ms(row)
+    old = client.create_run(experiment_id(client, "text-classification"), start_time=start,
+                            tags={"tracker.import.record_key": "0" * 32, "tracker.import.codecarbon_run_id": "r1",
+                                  "tracker.imported": "true"}).info.run_id
+    client.log_batch(old, params=[Param("model", "org/model-a"), Param("task", "text-classification")])
+    client.set_terminated(old, "FINISHED", end_time=end)
+    records = write(tmp_path / "emissions.csv", [row])
+    args = ["--task", "text-classification", "--dataset", "sst2", "--n-samples", "1000"]
+    code, out, err = cli("import-codecarbon", str(records), *args)
+    assert code == 0 and "imported 0 records" in out and "imported by an earlier version" in err
+    code, out, err = cli("import-codecarbon", str(records), *args, "--replace")
+    assert code == 0 and "imported 1 records" in out, err
+    [run] = all_runs(client)
+    assert run.data.tags["tracker.import.replaces"] == old and client.get_run(old).info.lifecycle_stage == "deleted"

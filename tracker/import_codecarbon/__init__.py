@@ -35,6 +35,7 @@ from tracker.summary import run_metrics
 logger = logging.getLogger(__name__)
 
 ID_TAG = "tracker.import.record_id"
+LEGACY_KEY_TAG = "tracker.import.record_key"  # runs imported before record ids: keyed by the record's text
 OPTIONS_TAG = "tracker.import.options"
 SCOPE_QUERY = "query phase"
 SCOPE_WHOLE = "whole record: model loading and queries together (no query phase record)"
@@ -110,8 +111,14 @@ def import_records(config: ImportConfig) -> ImportSummary:
     check_tracking_server()
     client = MlflowClient()
     summary = ImportSummary(config.experiment_name)
-    known = {r.data.tags[ID_TAG]: (r.info.run_id, r.data.tags.get(OPTIONS_TAG, ""))
-             for r in finished_runs(client, experiment_id(client, config.experiment_name)) if ID_TAG in r.data.tags}
+    known, legacy = {}, {}
+    for run in finished_runs(client, experiment_id(client, config.experiment_name)):
+        tags = run.data.tags
+        if ID_TAG in tags:
+            known[tags[ID_TAG]] = (run.info.run_id, tags.get(OPTIONS_TAG, ""))
+        elif LEGACY_KEY_TAG in tags:  # the same record: its run_id, model and end (its timestamp)
+            legacy[(tags.get("tracker.import.codecarbon_run_id", ""), run.data.params.get("model", ""),
+                    run.info.end_time)] = run.info.run_id
     runs, seen = [], set()
     for path, row in records.complete:
         identity = record_id(row)
@@ -123,6 +130,9 @@ def import_records(config: ImportConfig) -> ImportSummary:
             continue
         seen.add(identity)
         replaces = None
+        old = legacy.get((row.get("run_id", ""), row["project_name"], (times_ms(row) or (None, None))[1]))
+        if identity not in known and old:
+            known[identity] = (old, "")  # options unrecorded: never the same as now
         if identity in known:
             old_run, old_options = known[identity]
             if old_options == options:
@@ -153,6 +163,8 @@ def _options(config: ImportConfig, dataset: str, kind: str | None, phase_rows: l
 
 def _difference(then: str, now: str) -> str:
     """'kind: unrecorded -> task-specific', for the options that changed."""
+    if not then:
+        return "imported by an earlier version of tracker, which recorded no options"
     before = dict(p.split("=", 1) for p in then.split("; ") if "=" in p)
     after = dict(p.split("=", 1) for p in now.split("; ") if "=" in p)
     changed = [f"{k}: {before.get(k, 'unrecorded')} -> {v}" for k, v in after.items() if before.get(k) != v]
