@@ -247,7 +247,7 @@ def _written_both_ways(client):
     assert {r.info.run_id for r in found} == {fast_id, slow_id}
     # what is learnt later: tags set, a tag deleted, a metric's latest value replaced, its history kept
     update_runs(client, tags={fast_id: {"tracker.rating.stars": "4"}}, metrics={fast_id: {"energy_kwh": 0.02}},
-                delete_tags=("x.y",))
+                delete_tags={fast_id: ("x.y",)})
     later = client.get_run(fast_id)
     assert later.data.tags["tracker.rating.stars"] == "4" and "x.y" not in later.data.tags
     assert later.data.metrics["energy_kwh"] == 0.02

@@ -129,6 +129,7 @@ def annotate(config: AnnotateConfig) -> AnnotateResult:
     result = AnnotateResult()
     tags: dict[str, dict[str, str]] = {}
     metrics: dict[str, dict[str, float]] = {}
+    unavailable: dict[str, tuple[str, ...]] = {}  # tags that said why a run had no quality
     no_quality, no_size = set(), set()
     for name in experiments:
         for run in finished_runs(client, live_experiment(client, name).experiment_id):
@@ -148,9 +149,11 @@ def annotate(config: AnnotateConfig) -> AnnotateResult:
                     result.runs_with_quality += 1
                     metrics.setdefault(run_id, {})["quality"] = row.value
                     metrics[run_id].update({_metric_name(m): v for m, v in row.metrics})
-                    tags[run_id] = {"tracker.quality.metric": row.metric, "tracker.quality.higher_is_better": str(_higher_is_better(row.metric)).lower(),
+                    tags[run_id] = {"tracker.quality.metric": row.metric,
+                                    "tracker.quality.higher_is_better": str(_higher_is_better(row.metric)).lower(),
                                     "tracker.quality.meaningful": "true",
                                     SOURCE_TAG: f"{IMPORTED_FROM}{config.quality} (model {model}, dataset {dataset})"}
+                    unavailable[run_id] = ("tracker.quality.unavailable", "tracker.quality.reason")
             if config.parameters:
                 size = _lookup(sizes, model)
                 if size is None:
@@ -159,11 +162,7 @@ def annotate(config: AnnotateConfig) -> AnnotateResult:
                     result.runs_with_parameters += 1
                     metrics.setdefault(run_id, {})["model_parameters"] = size
                     tags.setdefault(run_id, {})["tracker.model.parameters_source"] = f"{IMPORTED_FROM}{config.parameters}"
-    quality_runs = {r for r, t in tags.items() if SOURCE_TAG in t}
-    update_runs(client, tags={r: t for r, t in tags.items() if r not in quality_runs}, metrics={
-        r: m for r, m in metrics.items() if r not in quality_runs})
-    update_runs(client, tags={r: tags[r] for r in quality_runs}, metrics={r: metrics[r] for r in quality_runs},
-                delete_tags=("tracker.quality.unavailable", "tracker.quality.reason"))
+    update_runs(client, tags=tags, metrics=metrics, delete_tags=unavailable)
     result.models_without_quality = sorted(no_quality)
     result.models_without_parameters = sorted(no_size)
     return result
@@ -188,7 +187,9 @@ def _fold(key: Any) -> Any:
 
 def _metric_name(metric: str) -> str:
     """'f1, has answer' -> 'f1_has_answer': an MLflow metric name, as the table names it."""
-    return re.sub(r"[^a-z0-9]+", "_", metric.lower()).strip("_") or "quality_value"
+    from tracker.summary import metric_name_part
+
+    return metric_name_part(metric, "quality_value")
 
 
 def _number(text: Any, where: str) -> float:

@@ -59,18 +59,14 @@ def insert_finished_runs(store: Any, experiment_id: str, runs: list[dict[str, An
             source_version="", lifecycle_stage=LifecycleStage.ACTIVE))
         rows[SqlTag] += [dict(key=k, value=str(v), run_uuid=run_id) for k, v in tags.items()]
         rows[SqlParam] += [dict(key=p.key, value=p.value, run_uuid=run_id) for p in params]
-        for metric in metrics:
-            is_nan, value = store.sanitize_metric_value(metric.value)
-            for model in (SqlMetric, SqlLatestMetric):
-                rows[model].append(dict(key=metric.key, value=value, timestamp=now, step=0, is_nan=is_nan,
-                                        run_uuid=run_id))
+        _add_metric_rows(store, rows, run_id, metrics)
     with store.ManagedSessionMaker(read_only=False) as session:  # one transaction, committed at the end
         _insert(session, rows)
 
 
 def update_runs(store: Any, tags: dict[str, dict[str, str]], metrics: dict[str, dict[str, float]],
-                delete_tags: tuple[str, ...] = ()) -> None:
-    """Set tags and log metrics (step 0, now) on many runs, and delete ``delete_tags`` from them,
+                delete_tags: dict[str, tuple[str, ...]]) -> None:
+    """Set tags and log metrics (step 0, now) on many runs, and delete each run's ``delete_tags``,
     in one transaction."""
     from mlflow.entities import Metric, RunTag
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlTag
@@ -80,17 +76,14 @@ def update_runs(store: Any, tags: dict[str, dict[str, str]], metrics: dict[str, 
     now = get_current_time_millis()
     rows: dict[Any, list[dict[str, Any]]] = {SqlTag: [], SqlMetric: [], SqlLatestMetric: []}
     by_keys: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}  # runs that replace the same names
-    for run_id in set(tags) | set(metrics):
+    for run_id in set(tags) | set(metrics) | set(delete_tags):
         run_tags, run_metrics = tags.get(run_id, {}), metrics.get(run_id, {})
         checked = [Metric(k, float(v), now, 0) for k, v in run_metrics.items()]
         _validate_batch_log_data(checked, [], [RunTag(k, str(v)) for k, v in run_tags.items()])
-        by_keys.setdefault((tuple(sorted(run_tags) + list(delete_tags)), tuple(sorted(run_metrics))), []).append(run_id)
+        by_keys.setdefault((tuple(sorted(run_tags) + list(delete_tags.get(run_id, ()))), tuple(sorted(run_metrics))),
+                           []).append(run_id)
         rows[SqlTag] += [dict(key=k, value=str(v), run_uuid=run_id) for k, v in run_tags.items()]
-        for metric in checked:
-            is_nan, value = store.sanitize_metric_value(metric.value)
-            for model in (SqlMetric, SqlLatestMetric):
-                rows[model].append(dict(key=metric.key, value=value, timestamp=now, step=0, is_nan=is_nan,
-                                        run_uuid=run_id))
+        _add_metric_rows(store, rows, run_id, checked)
     with store.ManagedSessionMaker(read_only=False) as session:
         for (tag_keys, metric_keys), run_ids in by_keys.items():
             for chunk in _chunks(run_ids):
@@ -99,6 +92,17 @@ def update_runs(store: Any, tags: dict[str, dict[str, str]], metrics: dict[str, 
                         session.query(model).filter(model.run_uuid.in_(chunk), model.key.in_(keys)).delete(
                             synchronize_session=False)
         _insert(session, rows)
+
+
+def _add_metric_rows(store: Any, rows: dict[Any, list[dict[str, Any]]], run_id: str, metrics: list[Any]) -> None:
+    """A metric is two rows: its history (SqlMetric) and its latest value (SqlLatestMetric)."""
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+
+    for metric in metrics:
+        is_nan, value = store.sanitize_metric_value(metric.value)
+        for model in (SqlMetric, SqlLatestMetric):
+            rows[model].append(dict(key=metric.key, value=value, timestamp=metric.timestamp, step=metric.step,
+                                    is_nan=is_nan, run_uuid=run_id))
 
 
 def _insert(session: Any, rows: dict[Any, list[dict[str, Any]]]) -> None:

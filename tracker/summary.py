@@ -9,9 +9,16 @@ Query-phase figures are the mean over its windows (repeats); with several window
 from __future__ import annotations
 
 import math
+import re
 
 from tracker.runner import QueryReading, RunOutcome
 from tracker.stats import Spread, percentile
+
+
+def metric_name_part(text: str, empty: str) -> str:
+    """Text as part of an MLflow metric name: 'transfer model to GPU' -> 'transfer_model_to_gpu',
+    'f1, has answer' -> 'f1_has_answer'; ``empty`` when nothing is left."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or empty
 
 
 def query_figures(query: QueryReading, *, generative: bool) -> dict[str, float]:

@@ -300,6 +300,14 @@ def close_orphans(client: Any, exp_id: str) -> list[str]:
     return closed
 
 
+def _close_orphans_once(client: Any, exp_id: str) -> None:
+    """Close the experiment's orphans once per process: a process that writes many runs (an
+    import, a study) would otherwise search for them again before each, and its own are no orphans."""
+    if (client.tracking_uri, exp_id) not in _swept:
+        close_orphans(client, exp_id)
+        _swept.add((client.tracking_uri, exp_id))
+
+
 @contextmanager
 def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
                  times_ms: tuple[int, int] | None = None) -> Iterator[RunRecorder]:
@@ -315,10 +323,7 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
     client = MlflowClient()
     start_ms, end_ms = times_ms or (None, None)
     exp_id = experiment_id(client, experiment)
-    # Once per experiment and process: an import opens a run per record, and its own runs are no orphans.
-    if (client.tracking_uri, exp_id) not in _swept:
-        close_orphans(client, exp_id)
-        _swept.add((client.tracking_uri, exp_id))
+    _close_orphans_once(client, exp_id)
     tags = tags | {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
     release = defer_interrupts()
     try:
@@ -370,9 +375,7 @@ def write_finished_runs(experiment: str, runs: list[FinishedRun], *, chunk: int 
 
     client = MlflowClient()
     exp_id = experiment_id(client, experiment)
-    if (client.tracking_uri, exp_id) not in _swept:
-        close_orphans(client, exp_id)
-        _swept.add((client.tracking_uri, exp_id))
+    _close_orphans_once(client, exp_id)
     here = {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
     store = sql_bulk.sql_store(client)
     root = client.get_experiment(exp_id).artifact_location
@@ -391,8 +394,7 @@ def write_finished_runs(experiment: str, runs: list[FinishedRun], *, chunk: int 
                 artifact_uri = f"{root.rstrip('/')}/{run_id}/artifacts"
                 _write_texts(artifact_uri, run.texts)  # before the run exists: a run never lacks them
                 start_ms, end_ms = run.times_ms or (None, None)
-                replaces = {"tracker.import.replaces": run.replaces} if run.replaces else {}
-                rows.append({"run_id": run_id, "run_name": run.run_name, "tags": run.tags | here | replaces,
+                rows.append({"run_id": run_id, "run_name": run.run_name, "tags": run.tags | here,
                              "params": run.params, "metrics": run.metrics, "start_ms": start_ms,
                              "end_ms": end_ms, "artifact_uri": artifact_uri})
             sql_bulk.insert_finished_runs(store, exp_id, rows)
@@ -408,7 +410,8 @@ def write_finished_runs(experiment: str, runs: list[FinishedRun], *, chunk: int 
 
 
 def update_runs(client: Any, *, tags: dict[str, dict[str, str]] | None = None,
-                metrics: dict[str, dict[str, float]] | None = None, delete_tags: tuple[str, ...] = ()) -> None:
+                metrics: dict[str, dict[str, float]] | None = None,
+                delete_tags: dict[str, tuple[str, ...]] | None = None) -> None:
     """Set tags and log metrics on many existing runs: one transaction on a SQL store, a call per
     run elsewhere. Used for what is learnt about runs after they ended (ratings, annotations)."""
     from mlflow.entities import Metric, RunTag
@@ -416,16 +419,16 @@ def update_runs(client: Any, *, tags: dict[str, dict[str, str]] | None = None,
 
     from tracker import sql_bulk
 
-    tags, metrics = tags or {}, metrics or {}
+    tags, metrics, delete_tags = tags or {}, metrics or {}, delete_tags or {}
     store = sql_bulk.sql_store(client)
     if store is not None:
         sql_bulk.update_runs(store, tags, metrics, delete_tags)
         return
     stamp = int(time.time() * 1000)
-    for run_id in set(tags) | set(metrics):
+    for run_id in set(tags) | set(metrics) | set(delete_tags):
         client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.get(run_id, {}).items()],
                          tags=[RunTag(k, str(v)) for k, v in tags.get(run_id, {}).items()])
-        for key in delete_tags:
+        for key in delete_tags.get(run_id, ()):
             try:
                 client.delete_tag(run_id, key)
             except MlflowException:  # the run does not have it
@@ -434,9 +437,7 @@ def update_runs(client: Any, *, tags: dict[str, dict[str, str]] | None = None,
 
 def _write_one(client: Any, exp_id: str, run: FinishedRun, here: dict[str, str]) -> str:
     start_ms, end_ms = run.times_ms or (None, None)
-    replaces = {"tracker.import.replaces": run.replaces} if run.replaces else {}
-    run_id = client.create_run(exp_id, run_name=run.run_name, tags=run.tags | here | replaces,
-                               start_time=start_ms).info.run_id
+    run_id = client.create_run(exp_id, run_name=run.run_name, tags=run.tags | here, start_time=start_ms).info.run_id
     try:
         _apply(client, run_id, {"op": "log", "time_ms": int(time.time() * 1000), "metrics": run.metrics,
                                 "params": run.params, "tags": {}})

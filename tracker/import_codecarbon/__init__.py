@@ -78,10 +78,11 @@ class ImportConfig:
         if self.dataset is not None:
             return self.dataset
         found = re.search(self.dataset_from_file or "", path.name)
-        if found is None or not (found.group(1) if found.groups() else found.group(0)):
+        dataset = (found.group(1) if found.groups() else found.group(0)) if found else None
+        if not dataset:
             raise ConfigError(f"--dataset-from-file '{self.dataset_from_file}' finds no dataset in the file name "
                               f"'{path.name}': change the pattern, or import that file with --dataset NAME")
-        return found.group(1) if found.groups() else found.group(0)
+        return dataset
 
     @property
     def experiment_name(self) -> str:
@@ -122,13 +123,13 @@ def import_records(config: ImportConfig) -> ImportSummary:
     runs, seen = [], set()
     for path, row in records.complete:
         identity = record_id(row)
-        phase_rows = records.phases.get(row.get("run_id", ""), [])
-        kind, kind_reason = kind_of(row["project_name"], config.model_kind_map, config.model_kind)
-        options = _options(config, datasets[path], kind, phase_rows)
         if identity in seen:
             summary.already_imported += 1
             continue
         seen.add(identity)
+        phase_rows = records.phases.get(row.get("run_id", ""), [])
+        kind, kind_reason = kind_of(row["project_name"], config.model_kind_map, config.model_kind)
+        options = _options(config, datasets[path], kind, phase_rows)
         replaces = None
         old = legacy.get((row.get("run_id", ""), row["project_name"], (times_ms(row) or (None, None))[1]))
         if identity not in known and old:
@@ -145,7 +146,9 @@ def import_records(config: ImportConfig) -> ImportSummary:
             replaces = old_run
         summary.phase_names |= {r["task_name"] for r in phase_rows}
         run = _run(config, datasets[path], path, row, phase_rows, identity, options, kind, kind_reason)
-        run.replaces = replaces
+        if replaces:
+            run.replaces = replaces
+            run.tags["tracker.import.replaces"] = replaces
         summary.without_query_phase += run.tags["tracker.energy.scope"] == SCOPE_WHOLE
         runs.append(run)
     summary.replaced = sum(run.replaces is not None for run in runs)
@@ -180,16 +183,17 @@ def _run(config: ImportConfig, dataset: str, path: Path, row: Row, phase_rows: l
     for phase_row in phase_rows:
         name, energy = phase_row["task_name"], _energy(phase_row)
         slug = phase_slug(name)
-        phase_metrics[f"phase_{slug}_energy_kwh"] = phase_metrics.get(f"phase_{slug}_energy_kwh", 0.0) + energy.total_kwh
-        phase_metrics[f"phase_{slug}_duration_s"] = phase_metrics.get(f"phase_{slug}_duration_s", 0.0) + energy.duration_s
-        if phase_of(name) == "load":
+        for figure, value in (("energy_kwh", energy.total_kwh), ("duration_s", energy.duration_s)):
+            phase_metrics[f"phase_{slug}_{figure}"] = phase_metrics.get(f"phase_{slug}_{figure}", 0.0) + value
+        phase = phase_of(name)
+        if phase == "load":
             outcome.load = PhaseReading(name, energy)
-        elif phase_of(name) == "query":
+        elif phase == "query":
             outcome.queries.append(QueryReading(PhaseReading(name, energy), inferences=config.n_samples))
     scope = SCOPE_QUERY if outcome.queries else SCOPE_WHOLE
-    if not outcome.queries:
-        outcome.queries.append(QueryReading(PhaseReading("record", _energy(row)), inferences=config.n_samples))
     whole = _energy(row)
+    if not outcome.queries:
+        outcome.queries.append(QueryReading(PhaseReading("record", whole), inferences=config.n_samples))
     metrics = run_metrics(outcome, generative=False) | phase_metrics | {
         "record_energy_kwh": whole.total_kwh, "record_duration_s": whole.duration_s}
     model = row["project_name"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +27,6 @@ Row = dict[str, str]
 class Records:
     complete: list[tuple[Path, Row]] = field(default_factory=list)  # (file, row) per run
     phases: dict[str, list[Row]] = field(default_factory=dict)  # CodeCarbon run_id: its phase rows
-    files: int = 0
 
 
 def csv_files(paths: tuple[Path, ...], flag: str) -> list[Path]:
@@ -53,15 +51,15 @@ def read_records(files: tuple[Path, ...], phases: tuple[Path, ...]) -> Records:
     records = Records()
     named = csv_files(files, "FILES")
     for file in named + csv_files(phases, "--phases"):
-        frame_rows, phased = _read(file)
-        records.files += 1
-        if not phased:
-            if file not in named:
-                raise ConfigError(f"'{file}' passed with --phases holds complete records (no task_name column): "
-                                  "pass it as FILES; --phases takes CodeCarbon's per-task rows")
-            records.complete += [(file, row) for row in frame_rows]
-        for row in frame_rows if phased else ():
-            records.phases.setdefault(row["run_id"], []).append(row | {"_file": file.name})
+        rows, phased = _read(file)
+        if phased:
+            for row in rows:
+                records.phases.setdefault(row["run_id"], []).append(row | {"_file": file.name})
+        elif file in named:
+            records.complete += [(file, row) for row in rows]
+        else:
+            raise ConfigError(f"'{file}' passed with --phases holds complete records (no task_name column): "
+                              "pass it as FILES; --phases takes CodeCarbon's per-task rows")
     if not records.complete:
         raise ConfigError(f"no complete record in {', '.join(map(str, files))}: only phase rows (task_name). "
                           "Pass the complete records (one row per run, no task_name column) as FILES and the "
@@ -79,7 +77,9 @@ def record_id(row: Row) -> str:
 
 def phase_slug(task_name: str) -> str:
     """An MLflow-safe metric name part: 'transfer model to GPU' -> 'transfer_model_to_gpu'."""
-    return re.sub(r"[^a-z0-9]+", "_", task_name.lower()).strip("_") or "unnamed"
+    from tracker.summary import metric_name_part
+
+    return metric_name_part(task_name, "unnamed")
 
 
 def phase_of(task_name: str) -> str | None:
