@@ -567,6 +567,8 @@ def test_ctrl_c_during_an_import_stops_between_whole_chunks(client, hermetic):
         _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, err[-3000:]
     assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("tracker: import interrupted by SIGINT between chunks of runs; the runs "
+                                            "written are whole and FINISHED, and the same command imports the rest")
     statuses = [r.info.status for r in all_runs(client)]
     assert set(statuses) == {"FINISHED"}  # runs are written whole, never RUNNING: none to end KILLED
     assert len(statuses) % 200 == 0 and len(statuses) < 3000  # stopped between chunks of 200

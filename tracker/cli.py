@@ -307,7 +307,12 @@ def _import(args: argparse.Namespace) -> int:
                           phases=tuple(map(Path, args.phases)), experiment=args.experiment,
                           model_kind=args.model_kind, model_kind_map=parse_rules(tuple(args.model_kind_map)),
                           replace=args.replace)
-    summary = import_records(config)
+    try:
+        summary = import_records(config)
+    except RunInterrupted as err:  # no run is left KILLED: they are written whole, chunk by chunk
+        print(f"tracker: import {err} between chunks of runs; the runs written are whole and FINISHED, and the "
+              "same command imports the rest", file=sys.stderr)
+        return 128 + getattr(signal, err.signal_name)
     phased = len(summary.imported) - summary.without_query_phase
     phases = f" (phases: {', '.join(sorted(summary.phase_names))})" if summary.phase_names else ""
     print(f"imported {len(summary.imported)} records as runs in experiment '{summary.experiment}': "
