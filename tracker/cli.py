@@ -190,7 +190,6 @@ def _run(args: dict) -> int:
     args.pop("command")
     tags = _parse_tags(args.pop("tags"))
     config = RunConfig.parse(**args)
-    _quiet_libraries()
     from tracker.session import measure
 
     report = measure(config, tags=tags)
@@ -276,7 +275,6 @@ def _tune(args: dict) -> int:
     options.update({k: raw[k] for k in ("objective", "study_name") if k in raw})
     options["storage"] = raw.get("storage", DEFAULT_STORAGE)
     config = TuneConfig(**options)
-    _quiet_libraries()
     summary = tune(config)
     print(f"study {summary['study']}: {summary['trials']} trials")
     print(f"  baseline (batch 1, fp32): {_fmt(summary['baseline_emissions_g_per_output'])} gCO2eq per output "
@@ -395,20 +393,6 @@ def _list_tasks() -> int:
               f"  datasets: {', '.join(info.datasets)} (default {info.default_dataset})\n"
               f"  quality: {info.primary_metric}")
     return 0
-
-
-def _quiet_libraries() -> None:
-    """Our progress bar is the one that matters; transformers' loading bars are noise."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    try:
-        import diffusers
-    except ImportError:
-        return
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
 
 
 def _percent(value: float | None) -> str:

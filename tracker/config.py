@@ -97,6 +97,25 @@ class RunConfig:
             if not 0 <= value < math.inf:
                 raise ConfigError(f"{flag(name)} must be a finite number of seconds >= 0, got {value:g}")
 
+    def check_inputs(self) -> None:
+        """Check what the run reads (model folder or URI, dataset file) without torch, MLflow or
+        the network, so that a wrong path is answered in about the time of ``--help``."""
+        from tracker.builtin import BUILTIN_DATASET, BUILTIN_MODEL
+        from tracker.data import check_dataset_location
+        from tracker.mlflow_models import check_model_uri, is_model_uri
+        from tracker.models import check_model_location
+        from tracker.multipurpose import BUILTINS
+        from tracker.tasks import get_task
+
+        if self.model is not None and self.model != BUILTIN_MODEL and self.model not in BUILTINS:
+            if is_model_uri(self.model):
+                check_model_uri(self.model)
+            else:
+                check_model_location(self.model, trust_remote_code=self.trust_remote_code)
+        task = get_task(self.task)
+        if self.dataset is not None and self.dataset != BUILTIN_DATASET and self.dataset not in task.datasets:
+            check_dataset_location(task, self.dataset)
+
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.task

@@ -63,12 +63,25 @@ def load_dataset(task: Task, requested: str | None, n_samples: int, *, hub_reach
             return _builtin(task, n_samples, fallback_reason=f"default dataset {spec.name}: {err}")
     if requested in task.datasets:
         return _from_hub(task, requested, task.datasets[requested], n_samples, hub_reachable, columns)
+    path = check_dataset_location(task, requested)
+    if path is not None:
+        return _from_file(task, requested, path, "local", n_samples, columns)
+    spec = DatasetSpec(requested, requested, "test")
+    return _from_hub(task, requested, spec, n_samples, hub_reachable, columns)
+
+
+def check_dataset_location(task: Task, requested: str) -> Path | None:
+    """The file of a dataset named by path, None for a Hub id; raises for what cannot be a dataset.
+
+    Cheap (no pandas, no network), so that a wrong path is answered before anything heavy starts.
+    """
     path = Path(requested).expanduser()
     if path.exists():
-        return _from_file(task, requested, path, "local", n_samples, columns)
-    if "/" in requested and not requested.startswith((".", "/", "~")):
-        spec = DatasetSpec(requested, requested, "test")
-        return _from_hub(task, requested, spec, n_samples, hub_reachable, columns)
+        if path.suffix.lower() not in _READERS:
+            raise DatasetError(f"cannot read dataset file '{path}': use one of {', '.join(sorted(_READERS))}")
+        return path
+    if "/" in requested and not requested.startswith((".", "/", "~")) and path.suffix.lower() not in _READERS:
+        return None
     raise DatasetError(
         f"dataset '{requested}' not found: it is not one of {task.name}'s datasets "
         f"({', '.join(sorted(task.datasets))}), not an existing file, and not a Hub id; "

@@ -14,13 +14,14 @@ from typing import Literal
 
 from tracker.builtin import BUILTIN_MODEL, build_once, builtin_dataset_file, read_rows
 from tracker.errors import ModelLoadError
+from tracker.mlflow_models import MlflowModel, is_model_uri, resolve_model_uri
 from tracker.remote_code import TRUST_FLAG, custom_code
 from tracker.tasks.base import Task, texts_of
 from tracker.weights import weights_problem
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Literal["hub", "local", "package", "builtin-tiny"]
+ModelSource = Literal["hub", "local", "package", "builtin-tiny", "mlflow"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -30,6 +31,7 @@ class ModelChoice:
     location: str  # what from_pretrained reads
     source: ModelSource
     fallback_reason: str | None = None
+    mlflow: MlflowModel | None = None  # a model kept in MLflow (models:/, runs:/): where it came from
 
     @property
     def local_only(self) -> bool:
@@ -44,11 +46,30 @@ def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool,
         return builtin_model(task)
     if requested in BUILTINS:
         return builtin_multipurpose(requested)
+    if requested is not None and is_model_uri(requested):
+        kept = resolve_model_uri(requested)
+        if kept.flavor == "transformers":  # the same checks as any folder: its own code, its weights
+            check_model_location(kept.folder, trust_remote_code=trust_remote_code)
+        return ModelChoice(requested, kept.folder, "mlflow", mlflow=kept)
     if requested is None:
         reason = hub_unavailable_reason(task.default_model, hub_reachable)
         if reason is None:
             return ModelChoice(task.default_model, task.default_model, "hub")
         return offline_default(task, f"default model {task.default_model}: {reason}")
+    local = check_model_location(requested, trust_remote_code=trust_remote_code)
+    if local is not None:
+        return ModelChoice(str(local), str(local), "local")
+    reason = hub_unavailable_reason(requested, hub_reachable)
+    if reason is not None:
+        raise ModelLoadError(f"cannot load model '{requested}': {reason}")
+    return ModelChoice(requested, requested, "hub")
+
+
+def check_model_location(requested: str, *, trust_remote_code: bool = False) -> Path | None:
+    """The resolved local folder of a model, None for a Hub id; raises for what cannot be a model.
+
+    Cheap (no torch, no network), so that a wrong path is answered before anything heavy starts.
+    """
     path = Path(requested).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -64,16 +85,13 @@ def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool,
         problem = weights_problem(path)
         if problem:
             raise ModelLoadError(f"model folder '{requested}': {problem}")
-        return ModelChoice(str(path.resolve()), str(path.resolve()), "local")
+        return path.resolve()
     if requested.startswith((".", "/", "~")) or not _HUB_ID.match(requested):
         raise ModelLoadError(
             f"model path '{requested}' does not exist; pass a folder written by save_pretrained, "
             f"a Hugging Face Hub id, or {BUILTIN_MODEL}"
         )
-    reason = hub_unavailable_reason(requested, hub_reachable)
-    if reason is not None:
-        raise ModelLoadError(f"cannot load model '{requested}': {reason}")
-    return ModelChoice(requested, requested, "hub")
+    return None
 
 
 def hub_unavailable_reason(repo_id: str, hub_reachable: bool) -> str | None:

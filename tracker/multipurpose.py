@@ -40,6 +40,10 @@ class ModelKind:
 
 def decide_kind(task: Task, model: ModelChoice, requested: str) -> ModelKind:
     """Whether the model does the task with its own head or is prompted, and why."""
+    if model.mlflow is not None and model.mlflow.flavor == "pyfunc":
+        from tracker.mlflow_models import PyfuncPredictor
+
+        return ModelKind("task-specific", "an MLflow pyfunc model: run through its predict", PyfuncPredictor(task))
     if requested == "task-specific":
         return ModelKind("task-specific", "--model-kind task-specific", task)
     if requested == "auto" and task.prompt_template is None and model.name not in BUILTINS:

@@ -21,7 +21,7 @@ from typing import Any
 from tracker import hub
 from tracker.carbon import resolve_location
 from tracker.config import RunConfig
-from tracker.data import Columns, load_dataset
+from tracker.data import Columns, LoadedDataset, load_dataset
 from tracker.errors import ConfigError
 from tracker.attribution import CONTENDED_BACKGROUND_SHARE, contention, gpu_counter_check
 from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
@@ -34,7 +34,8 @@ from tracker.signals import interrupts_raise
 from tracker.summary import run_metrics
 from tracker.tasks import get_task
 from tracker.tasks.base import GenerationSettings
-from tracker.tracking import Heartbeat, RunRecorder, check_tracking_server, recorded_run
+from tracker.mlflow_models import tag_version
+from tracker.tracking import Heartbeat, RunDataset, RunRecorder, check_tracking_server, recorded_run
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class RunReport:
 
 def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunReport:
     """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run."""
+    config.check_inputs()  # before MLflow, torch and the Hub probe: a wrong path is answered at once
     check_tracking_server()
+    quiet_libraries()
     task = get_task(config.task)
     missing = task.missing_requirement()
     if missing:
@@ -89,6 +92,9 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
         recorder.log_json(config.as_dict() | {"resolved_model": model.location,
                                               "resolved_dataset": dataset.location,
                                               "resolved_device": device}, "config.json")
+        recorder.log_inputs(datasets=[run_dataset(dataset)],
+                            model_ids=[model.mlflow.logged_model_id] if model.mlflow and model.mlflow.logged_model_id
+                            else [])
         outcome = RunOutcome()
 
         def so_far() -> dict[str, float]:
@@ -106,7 +112,43 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
             meter.close()
             logged = _log_outcome(recorder, plan, meter, outcome, note=tags.get("mlflow.note.content", ""),
                                   log_inputs=config.log_inputs)
+    if model.mlflow is not None:
+        tag_version(recorder.client, model.mlflow, run_id=recorder.run_id, metrics=logged[0],
+                    quality_metric=task.primary_metric, task=task.name, dataset=dataset.name)
     return RunReport(recorder.run_id, config.experiment_name, *logged)
+
+
+def run_dataset(dataset: LoadedDataset) -> RunDataset:
+    """The rows measured, as an MLflow dataset input: the digest changes when any input or target does."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for value in (*dataset.inputs, *dataset.targets):
+        digest.update(_value_bytes(value) + b"\x1f")
+    source_type = {"hub": "hugging_face", "local": "local", "builtin": "local"}[dataset.source]
+    return RunDataset(name=dataset.name, digest=digest.hexdigest()[:8], source_type=source_type,
+                      source=json.dumps({"uri": dataset.location}),
+                      profile=json.dumps({"num_rows": len(dataset.inputs)}))
+
+
+def _value_bytes(value: Any) -> bytes:
+    """A row's value as digest input: images and audio arrays by their content, the rest as text."""
+    if hasattr(value, "tobytes"):
+        return value.tobytes()
+    if isinstance(value, (tuple, list)):
+        return b"\x1e".join(_value_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return b"\x1e".join(_value_bytes(v) for v in value.values())
+    return str(value).encode()
+
+
+def quiet_libraries() -> None:
+    """Our progress bar is the one that matters; transformers' loading bars are noise."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 def resolve_device(requested: str) -> str:
@@ -181,6 +223,8 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
                                           "sample data: quality figures are not meaningful")
     if model.fallback_reason:
         tags["tracker.model.fallback_reason"] = model.fallback_reason
+    if model.mlflow is not None:
+        tags.update(model.mlflow.tags())
     if dataset.fallback_reason:
         tags["tracker.dataset.fallback_reason"] = dataset.fallback_reason
     for package in VERSIONED_PACKAGES:

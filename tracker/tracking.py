@@ -12,6 +12,7 @@ measured run is nested under the launcher when both share an experiment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,6 +143,20 @@ def _write_probe(database: Path) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class RunDataset:
+    """A dataset as a run's input (MLflow's Dataset entity): ``source`` and ``schema`` and
+    ``profile`` are JSON texts, as MLflow stores them."""
+
+    name: str
+    digest: str
+    source_type: str
+    source: str
+    schema: str | None = None
+    profile: str | None = None
+    context: str = "inference"
+
+
 class RunRecorder:
     """Writes one run's params, metrics, tags and artifacts, and ends it.
 
@@ -166,6 +181,11 @@ class RunRecorder:
 
     def log_text(self, text: str, path: str) -> None:
         self._call({"op": "text", "text": text, "path": path})
+
+    def log_inputs(self, *, datasets: Sequence[RunDataset] = (), model_ids: Sequence[str] = ()) -> None:
+        """The run's inputs as MLflow shows them: datasets (the UI's Dataset column) and logged models."""
+        self._call({"op": "inputs", "datasets": [dataclasses.asdict(d) for d in datasets],
+                    "model_ids": list(model_ids)})
 
     def log_json(self, data: Any, path: str) -> None:
         self.log_text(json.dumps(data, indent=2, default=str), path)
@@ -224,6 +244,14 @@ def _apply(client: Any, run_id: str, call: dict[str, Any]) -> None:
                          tags=[RunTag(k, str(v)) for k, v in call["tags"].items()])
     elif call["op"] == "text":
         client.log_text(run_id, call["text"], call["path"])
+    elif call["op"] == "inputs":
+        from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput
+
+        datasets = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                                         source=d["source"], schema=d["schema"], profile=d["profile"]),
+                                 tags=[InputTag("mlflow.data.context", d["context"])]) for d in call["datasets"]]
+        client.log_inputs(run_id, datasets=datasets or None,
+                          models=[LoggedModelInput(m) for m in call["model_ids"]] or None)
     elif call["op"] == "end":
         _end(client, run_id, call["status"], call["tags"], call.get("end_ms"))
     else:
@@ -325,6 +353,8 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
     exp_id = experiment_id(client, experiment)
     _close_orphans_once(client, exp_id)
     tags = tags | {"tracker.run.host": socket.gethostname(), "tracker.run.pid": str(os.getpid())}
+    if "tracker.config_key" in tags and times_ms is None:
+        run_name = f"{run_name} · #{_repeat_number(client, exp_id, tags['tracker.config_key'])}"
     release = defer_interrupts()
     try:
         run_id = _start_run(client, exp_id, run_name, tags, start_ms)
@@ -344,6 +374,14 @@ def recorded_run(*, experiment: str, run_name: str, tags: dict[str, str],
             raise TrackingServerLost(
                 f"{recorder.lost} during run {run_id}: it ended FINISHED and its records are kept in "
                 f"{recorder.spool.path}; once the store takes writes again, run `tracker sync` to upload them")
+
+
+def _repeat_number(client: Any, exp_id: str, config_key: str) -> int:
+    """1 for the first run of a configuration in the experiment, 2 for the next, ...: the run list
+    then tells repeated runs apart by name."""
+    earlier = client.search_runs([exp_id], filter_string=f"tags.`tracker.config_key` = '{config_key}'",
+                                 max_results=1000, run_view_type=3)  # ViewType.ALL: deleted runs count too
+    return len(earlier) + 1
 
 
 @dataclass

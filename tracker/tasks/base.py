@@ -113,6 +113,13 @@ class Task(ABC):
         value = row[self.input_column]
         return ("" if value is None else str(value)), target
 
+    def import_code(self) -> None:
+        """Import the libraries the task's models run on (outside the measured load phase)."""
+        import transformers
+
+        getattr(transformers, self.auto_model_class or "AutoModel")
+        getattr(transformers, self.preprocessor_class)
+
     def load_model(self, source: str, *, local_only: bool) -> LoadedModel:
         """Load the model and its tokenizer or processor from a Hub id or a local folder
         (fp32, CPU, eval mode)."""

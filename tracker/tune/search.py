@@ -30,6 +30,7 @@ class TrialFailed(TrackerError):
 
 def tune(config: TuneConfig) -> dict[str, Any]:
     """Run (or continue) the search; returns the summary also logged on the parent run."""
+    config.run.check_inputs()  # before Optuna, MLflow and torch: a wrong path is answered at once
     import optuna
     from mlflow import MlflowClient
 
