@@ -71,7 +71,7 @@ def measurements_needed(sampler_name: str, seed: int, table: dict, budget: int) 
     """Distinct settings measured until a feasible one within 5% of the best feasible is found."""
     import optuna
 
-    from tracker.tune import feasibility
+    from tracker.tuning import feasibility
 
     reference = table[(1, "fp32")][1]
     feasible = {k: v[0] for k, v in table.items() if v and feasibility(v[1], reference, 0.01, True) <= 0}

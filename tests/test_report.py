@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker.report.tables import PHONE_CHARGE_KWH, star_ratings
+from tracker.reporting.tables import PHONE_CHARGE_KWH, star_ratings
 
 
 def make_run(client, *, task, model, dataset, kwh_per_1k, quality=0.5, batch_size="1", precision="fp32",

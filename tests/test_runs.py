@@ -34,7 +34,7 @@ def test_full_run_honours_the_contract(cli, client, task, quality_metrics, gener
     [run] = all_runs(client)
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == task
-    assert run.info.run_name == "builtin-tiny · builtin · bs8 · fp32"
+    assert run.info.run_name == "builtin-tiny · builtin · bs8 · fp32 · #1"
 
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
     assert set(PARAMS) <= set(params)

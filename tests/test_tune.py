@@ -17,7 +17,7 @@ from conftest import all_runs, mlflow_server, subprocess_env
 from tracker.errors import ConfigError
 from tracker.pareto import pareto_front
 from tracker.stats import Spread
-from tracker.tune import TuneConfig, feasibility
+from tracker.tuning import TuneConfig, feasibility
 
 pytestmark = pytest.mark.slow
 
@@ -245,7 +245,7 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
 
 
 def test_a_second_worker_on_sqlite_is_refused(cli, hermetic):
-    from tracker.tune.storage import single_sqlite_worker
+    from tracker.tuning.storage import single_sqlite_worker
 
     storage = f"sqlite:///{hermetic}/optuna.db"
     with single_sqlite_worker(storage):
@@ -313,7 +313,7 @@ def _study_with(trials, baselines):
 
 
 def test_a_tie_is_declared_only_when_the_intervals_overlap():
-    from tracker.tune.results import _tie, best_trials
+    from tracker.tuning.results import _tie, best_trials
 
     close = _study_with([(64, "int8", [1.00, 1.02, 0.98]), (32, "int8", [1.01, 1.04, 1.00]),
                          (1, "fp32", [9.0, 9.1, 8.9])], [])
@@ -327,7 +327,7 @@ def test_a_tie_is_declared_only_when_the_intervals_overlap():
 
 def test_the_baseline_pools_its_quiet_measurements_and_the_ratio_has_an_interval():
     from tracker.stats import ratio_interval
-    from tracker.tune.baseline import baseline_spread
+    from tracker.tuning.baseline import baseline_spread
 
     study = _study_with([], [([10.0, 10.2, 9.8], False), ([11.0, 11.2, 10.8], False), ([30.0, 31.0, 29.0], True)])
     baseline = baseline_spread(study)

@@ -117,7 +117,7 @@ def annotate(config: AnnotateConfig) -> AnnotateResult:
     """Attach the tables' quality and parameter counts to the FINISHED runs of the experiments."""
     from mlflow import MlflowClient
 
-    from tracker.report.collect import default_experiments, live_experiment
+    from tracker.reporting.collect import default_experiments, live_experiment
     from tracker.tracking import check_tracking_server, finished_runs, update_runs
 
     aliases = dict(config.aliases)

@@ -60,8 +60,8 @@ def resolve_location(country: str | None, intensity_g_per_kwh: float | None = No
         configured = get_hierarchical_config().get("country_iso_code")
         country, source = (configured, "codecarbon-config") if configured else (DEFAULT_COUNTRY, "default")
         if source == "default":
-            logger.warning("no --country given and none in CodeCarbon's config: using %s; "
-                           "pass --country with your ISO 3166 alpha-3 code", DEFAULT_COUNTRY)
+            _warn_once(f"no --country (country=) given and none in CodeCarbon's config: using {DEFAULT_COUNTRY}; "
+                       "pass your grid's ISO 3166 alpha-3 code")
     code = country.strip().upper()
     if code not in country_mixes():
         from tracker.tasks import did_you_mean
@@ -73,3 +73,13 @@ def resolve_location(country: str | None, intensity_g_per_kwh: float | None = No
     if intensity_g_per_kwh is not None and not intensity_g_per_kwh >= 0:
         raise ConfigError(f"--carbon-intensity must be a number of gCO2eq/kWh >= 0, got {intensity_g_per_kwh}")
     return Location(code, source, intensity_g_per_kwh)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Said once a process: a notebook measuring in a loop hears it once, not at every cell."""
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)

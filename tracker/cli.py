@@ -187,12 +187,12 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def _run(args: dict) -> int:
+    from tracker.api import run
+
     args.pop("command")
     tags = _parse_tags(args.pop("tags"))
-    config = RunConfig.parse(**args)
-    from tracker.session import measure
-
-    report = measure(config, tags=tags)
+    report = run(**args, tags=tags)
+    config = report.config
     m = report.metrics
     print(f"run {report.run_id} FINISHED in experiment '{report.experiment}'")
     print(f"  energy: {_fmt(m.get('energy_kwh'))} kWh for {config.n_samples} inferences "
@@ -248,34 +248,11 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _tune(args: dict) -> int:
-    from tracker.config import _integer, _number
-    from tracker.tune import DEFAULT_STORAGE, TuneConfig, tune
+    from tracker.api import tune
 
     args.pop("command")
-    raw = {name: args.pop(name) for name in TUNE_FLAGS}
-    raw = {k: v for k, v in raw.items() if v not in (None, "")}
-    run = RunConfig.parse(**args, progress=False)
-    options: dict = {"run": run}
-    for name, minimum in (("n_trials", 1), ("max_batch_size", 1), ("heartbeat_s", 1), ("sampler_seed", 0),
-                          ("baseline_every", 1)):
-        if name in raw:
-            options["seed" if name == "sampler_seed" else name] = _integer(name, raw[name], minimum)
-    for name in ("max_quality_drop", "min_window_s"):
-        if name in raw:
-            options[name] = _number(name, raw[name])
-    if "precisions" in raw:
-        from tracker.precision import PRECISIONS
-
-        chosen = _listed(raw["precisions"])
-        unknown = [p for p in chosen if p not in PRECISIONS]
-        if unknown or not chosen:
-            raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, "
-                              f"got '{raw['precisions']}'")
-        options["precisions"] = chosen
-    options.update({k: raw[k] for k in ("objective", "study_name") if k in raw})
-    options["storage"] = raw.get("storage", DEFAULT_STORAGE)
-    config = TuneConfig(**options)
-    summary = tune(config)
+    result = tune(**args, progress=False)
+    summary = result.summary
     print(f"study {summary['study']}: {summary['trials']} trials")
     print(f"  baseline (batch 1, fp32): {_fmt(summary['baseline_emissions_g_per_output'])} gCO2eq per output "
           f"over {summary['baseline_measurements']} measurement(s), quality {_fmt(summary['reference_quality'])}")
@@ -345,15 +322,11 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from tracker.api import report
 
-    from tracker.report import DEFAULT_COUNTRIES, ReportConfig, build_report
-
-    config = ReportConfig(output=Path(args.output), experiments=_listed(args.experiments),
-                          countries=_listed(args.countries) or DEFAULT_COUNTRIES,
-                          include_tuning=boolean("--include-tuning", args.include_tuning),
-                          report_experiment=args.report_experiment, tag_runs=args.tag_runs, unit=args.unit)
-    result = build_report(config)
+    result = report(output=args.output, experiments=_listed(args.experiments), countries=_listed(args.countries),
+                    include_tuning=boolean("--include-tuning", args.include_tuning),
+                    report_experiment=args.report_experiment, tag_runs=args.tag_runs, unit=args.unit)
     tables = "models.csv, tasks.csv, " + ("multipurpose.csv, " if len(result.multipurpose) else "") + "regional.csv"
     print(f"report run {result.run_id}: {len(result.models)} model rows, {len(result.tasks)} task(s); "
           f"written to {result.output}/ (report.html, report.md, {tables}, figures)")

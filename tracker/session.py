@@ -214,8 +214,7 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
         "tracker.quality.meaningful": str(not builtin_used).lower(),
         "tracker.run.fallback": str(bool(fallbacks)).lower(),
         "tracker.hub.reachable": str(hub_reachable).lower(),
-        "tracker.python": platform.python_version(),
-    }
+    } | version_tags()
     if dataset.skipped_rows:
         tags["tracker.dataset.skipped_rows"] = str(dataset.skipped_rows)
     if builtin_used:
@@ -227,11 +226,6 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
         tags.update(model.mlflow.tags())
     if dataset.fallback_reason:
         tags["tracker.dataset.fallback_reason"] = dataset.fallback_reason
-    for package in VERSIONED_PACKAGES:
-        try:
-            tags[f"tracker.version.{package}"] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
     if fallbacks:
         notice = ("FALLBACK, not the model/dataset asked for: " + "; ".join(fallbacks) + ". Energy is "
                   + "real for what ran" + ("; quality is not meaningful." if builtin_used else "."))
@@ -243,27 +237,52 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
 def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, *,
                  note: str, log_inputs: bool) -> tuple[dict[str, float], dict[str, str]]:
     metrics = run_metrics(outcome, generative=plan.generative)
-    tags = meter.provenance()
-    if outcome.quality_unavailable:
-        tags["tracker.quality.unavailable"] = outcome.quality_unavailable
-        tags["tracker.quality.meaningful"] = "false"
+    tags = outcome_tags(meter, outcome, expected_inferences=len(plan.dataset.inputs), note=note)
     logged = {k for k, v in plan.settings_params().items() if v is not None}
     late = {k: v for k, v in outcome.resolved_settings.items() if k not in logged and v is not None}
-    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
-    unreadable = [r for r in meter.readings if r.reason]
-    if unreadable:
-        tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
-    tags.update(measurement_tags(plan, outcome, note=note, attribution=meter.rates().describe()))
     recorder.log(params=late, metrics=metrics, tags=tags)
-    records = meter.records_csv()
-    if records:
-        recorder.log_text(records, "codecarbon/emissions.csv")
+    log_records(recorder, meter)
     if outcome.predictions:
         recorder.log_text(_prediction_sample(plan, outcome, log_inputs), "predictions_sample.csv")
     return metrics, tags
 
 
-def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attribution: str = "") -> dict[str, str]:
+def outcome_tags(meter: EnergyMeter, outcome: RunOutcome, *, expected_inferences: int | None,
+                 note: str) -> dict[str, str]:
+    """How every figure was obtained: the meter's methods, the hardware, unreadable components,
+    attribution and contention, and why quality is missing where it is."""
+    tags = meter.provenance()
+    if outcome.quality_unavailable:
+        tags["tracker.quality.unavailable"] = outcome.quality_unavailable
+        tags["tracker.quality.meaningful"] = "false"
+    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
+    unreadable = [r for r in meter.readings if r.reason]
+    if unreadable:
+        tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
+    tags.update(measurement_tags(outcome, expected_inferences=expected_inferences, note=note,
+                                 attribution=meter.rates().describe()))
+    return tags
+
+
+def log_records(recorder: RunRecorder, meter: EnergyMeter) -> None:
+    """CodeCarbon's own rows for every phase, as an artifact."""
+    records = meter.records_csv()
+    if records:
+        recorder.log_text(records, "codecarbon/emissions.csv")
+
+
+def version_tags() -> dict[str, str]:
+    tags = {"tracker.python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            tags[f"tracker.version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return tags
+
+
+def measurement_tags(outcome: RunOutcome, *, expected_inferences: int | None, note: str = "",
+                     attribution: str = "") -> dict[str, str]:
     """How the query figures were obtained: attribution, contention, window length, quiet waits."""
     queries = outcome.complete_queries
     if not queries:
@@ -297,8 +316,8 @@ def measurement_tags(plan: RunPlan, outcome: RunOutcome, *, note: str = "", attr
             f"waited {sum(w.waited_s for w in outcome.quiet_waits):.1f} s in all before {len(outcome.quiet_waits)} "
             f"window(s); the machine was quiet before {quiet} of them (other processes under "
             f"{CONTENDED_BACKGROUND_SHARE:.0%} of its CPU time)")
-    if queries[-1].inferences < len(plan.dataset.inputs):
-        tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {len(plan.dataset.inputs)} "
+    if expected_inferences is not None and queries[-1].inferences < expected_inferences:
+        tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {expected_inferences} "
                                        "inferences measured before the run stopped")
     check = gpu_counter_check([(q.reading.seen.gpu_kwh, q.reading.window.gpu_counter_kwh) for q in queries
                                if q.reading.window is not None and q.reading.window.gpu_counter_kwh is not None])

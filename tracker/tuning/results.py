@@ -10,7 +10,7 @@ from typing import Any
 
 from tracker.pareto import pareto_front
 from tracker.stats import Spread, ratio_interval
-from tracker.tune.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, stored_spread
+from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, stored_spread
 
 
 def feasible_trials(study: Any) -> list[Any]:

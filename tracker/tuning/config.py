@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tracker.config import RunConfig
 from tracker.errors import ConfigError
@@ -61,6 +61,36 @@ class TuneConfig:
         if self.precisions:
             return list(self.precisions)
         return [p for p in PRECISIONS if not (p == "int8" and device != "cpu")]
+
+
+def parse_tune_config(run: RunConfig, **raw: Any) -> TuneConfig:
+    """A TuneConfig from raw values (the CLI's strings, or the API's numbers and lists); empty and
+    None mean "default". Each bad value gets a one-line error naming its flag."""
+    from tracker.config import _integer, _number, flag
+    from tracker.precision import PRECISIONS
+
+    raw = {k: v for k, v in raw.items() if v not in (None, "")}
+    known = {"n_trials", "max_batch_size", "precisions", "max_quality_drop", "objective", "study_name", "storage",
+             "min_window_s", "heartbeat_s", "sampler_seed", "baseline_every"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown search parameter(s): {', '.join(flag(k) for k in sorted(unknown))}")
+    options: dict[str, Any] = {"run": run}
+    for name, minimum in (("n_trials", 1), ("max_batch_size", 1), ("heartbeat_s", 1), ("sampler_seed", 0),
+                          ("baseline_every", 1)):
+        if name in raw:
+            options["seed" if name == "sampler_seed" else name] = _integer(name, raw[name], minimum)
+    for name in ("max_quality_drop", "min_window_s"):
+        if name in raw:
+            options[name] = _number(name, raw[name])
+    if "precisions" in raw:
+        given = raw["precisions"]
+        chosen = tuple(v.strip() for v in (given.split(",") if isinstance(given, str) else given) if str(v).strip())
+        if not chosen or any(p not in PRECISIONS for p in chosen):
+            raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, got '{given}'")
+        options["precisions"] = chosen
+    options.update({k: raw[k] for k in ("objective", "study_name", "storage") if k in raw})
+    return TuneConfig(**options)
 
 
 def feasibility(quality: float, reference: float, max_drop: float, higher_is_better: bool) -> float:

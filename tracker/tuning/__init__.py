@@ -31,7 +31,7 @@ best settings, the summary and the plots on the parent run). The runs themselves
 ended by ``tracker.tracking``.
 """
 
-from tracker.tune.config import DEFAULT_STORAGE, TuneConfig, feasibility
-from tracker.tune.search import tune
+from tracker.tuning.config import DEFAULT_STORAGE, TuneConfig, feasibility
+from tracker.tuning.search import tune
 
 __all__ = ["DEFAULT_STORAGE", "TuneConfig", "feasibility", "tune"]

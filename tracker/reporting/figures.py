@@ -118,7 +118,7 @@ def energy_vs_size(models: Any, folder: Path, unit: str = "kWh") -> Path | str:
 def multipurpose_vs_task_specific(models: Any, folder: Path, unit: str = "kWh") -> Path | str:
     """Per task and dataset where multi-purpose models were run, each model's energy: the
     task-specific ones beside each family of multi-purpose ones (Flan-T5, BLOOMz, base LMs, ...)."""
-    from tracker.report.tables import model_family
+    from tracker.reporting.tables import model_family
 
     column, label = UNITS[unit]
     mean = f"{column}_mean"
@@ -153,7 +153,7 @@ def multipurpose_vs_task_specific(models: Any, folder: Path, unit: str = "kWh") 
 
 def _colour_group(row: Any) -> str:
     """A row's colour: its kind, or its family for a multi-purpose model."""
-    from tracker.report.tables import model_family
+    from tracker.reporting.tables import model_family
 
     return model_family(row["model"]) if row["kind"] == "multi-purpose" else (row["kind"] or "unknown")
 

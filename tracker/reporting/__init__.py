@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import UserError
-from tracker.report import figures, tables
-from tracker.report.pages import Section, html_page, markdown, stars
+from tracker.reporting import figures, tables
+from tracker.reporting.pages import Section, html_page, markdown, stars
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _check_output(folder: Path) -> None:
 def build_report(config: ReportConfig) -> ReportResult:
     from mlflow import MlflowClient
 
-    from tracker.report.collect import default_experiments, read_runs
+    from tracker.reporting.collect import default_experiments, read_runs
     from tracker.tracking import check_tracking_server, recorded_run
 
     countries = tables.check_countries(list(config.countries))

@@ -13,11 +13,11 @@ from tracker.child import measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import RunInterrupted, TrackerError
 from tracker.signals import interrupts_raise
-from tracker.tune.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
+from tracker.tuning.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
                                    record_baseline, wait_for_baseline)
-from tracker.tune.config import TuneConfig, feasibility
-from tracker.tune.results import summarize
-from tracker.tune.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
+from tracker.tuning.config import TuneConfig, feasibility
+from tracker.tuning.results import summarize
+from tracker.tuning.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import ConfigError
-from tracker.tune.config import TuneConfig
+from tracker.tuning.config import TuneConfig
 
 
 def single_sqlite_worker(storage: str) -> contextlib.AbstractContextManager:

@@ -1,0 +1,103 @@
+"""The commands as functions: ``run``, ``tune`` and ``report`` take the CLI's options as keyword
+arguments (numbers as numbers, lists as lists), check them the same way, and return typed results.
+The CLI is a thin layer over them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tracker.config import RunConfig
+
+
+@dataclass
+class RunResult:
+    """A finished measured run: its id, experiment, every metric and tag logged, and its config."""
+
+    run_id: str
+    experiment: str
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    config: RunConfig
+
+    @property
+    def energy_kwh_per_1k(self) -> float:
+        return self.metrics.get("energy_kwh_per_1k", float("nan"))
+
+    @property
+    def quality(self) -> float:
+        return self.metrics.get("quality", float("nan"))
+
+
+@dataclass
+class TuneResult:
+    """A search's outcome: the best feasible settings (None when no trial kept quality), the
+    carbon reduction against the baseline (batch 1, fp32) with its 95% interval, and the summary
+    logged on the parent run."""
+
+    study: str
+    trials: int
+    best_params: dict[str, Any] | None
+    carbon_reduction_x: float | None
+    carbon_reduction_x_ci95: tuple[float, float] | None
+    reference_quality: float
+    best_quality: float | None
+    tie: str | None
+    summary: dict[str, Any] = field(repr=False)
+
+
+def run(*, task: str, tags: dict[str, str] | None = None, **options: Any) -> RunResult:
+    """Measure one model on one task and log it to MLflow (``tracker run``).
+
+    Args:
+        task: a task name (see ``tracker tasks``).
+        tags: extra tags for the run.
+        **options: the flags of ``tracker run`` by their Python names: ``model`` (a Hub id, a
+            folder, ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/PATH``),
+            ``dataset``, ``n_samples``, ``batch_size``, ``precision``, ``device``, ``repeats``,
+            ``country``, ... ``progress`` defaults to False here.
+
+    Raises:
+        tracker.errors.UserError: a bad option, model or dataset, before any run is made.
+    """
+    from tracker.session import measure as measure_run
+
+    options.setdefault("progress", False)
+    config = RunConfig.parse(task=task, **options)
+    report = measure_run(config, tags=tags)
+    return RunResult(report.run_id, report.experiment, report.metrics, report.tags, config)
+
+
+def tune(*, task: str, **options: Any) -> TuneResult:
+    """Search batch size and precision for the lowest carbon per output that keeps quality
+    (``tracker tune``); options are its flags by their Python names (``n_trials``,
+    ``max_batch_size``, ``precisions`` as a list, ``max_quality_drop``, ``storage``, ...)."""
+    from tracker.cli import TUNE_FLAGS
+    from tracker.tuning import tune as search
+    from tracker.tuning.config import parse_tune_config
+
+    search_options = {name: options.pop(name) for name in TUNE_FLAGS if name in options}
+    options.setdefault("progress", False)
+    config = parse_tune_config(RunConfig.parse(task=task, **options), **search_options)
+    summary = search(config)
+    low_high = summary.get("carbon_reduction_x_ci95")
+    return TuneResult(study=summary["study"], trials=summary["trials"], best_params=summary.get("best_params"),
+                      carbon_reduction_x=summary.get("carbon_reduction_x"),
+                      carbon_reduction_x_ci95=tuple(low_high) if low_high else None,
+                      reference_quality=summary["reference_quality"], best_quality=summary.get("best_quality"),
+                      tie=summary.get("tie"), summary=summary)
+
+
+def report(*, output: str | Path = "report", experiments: list[str] | tuple[str, ...] = (),
+           countries: list[str] | tuple[str, ...] = (), include_tuning: bool = False, unit: str = "kWh",
+           report_experiment: str = "report", tag_runs: bool = True) -> Any:
+    """Tables, figures, star ratings and regional what-ifs from the runs (``tracker report``);
+    returns a ``ReportResult`` (its run id, output folder, tables as DataFrames, files)."""
+    from tracker.reporting import DEFAULT_COUNTRIES, ReportConfig, build_report
+
+    config = ReportConfig(output=Path(output), experiments=tuple(experiments),
+                          countries=tuple(countries) or DEFAULT_COUNTRIES, include_tuning=include_tuning,
+                          report_experiment=report_experiment, tag_runs=tag_runs, unit=unit)
+    return build_report(config)
