@@ -109,7 +109,8 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
     with meter.phase(LOAD_PHASE) as outcome.load:
         loaded = predictor.load_model(plan.model.location, local_only=plan.model.local_only)
         outcome.model_parameters = count_parameters(loaded.model)
-        loaded.model = convert(loaded.model, plan.precision, plan.device)
+        if plan.model.mlflow is None or plan.model.mlflow.flavor != "pyfunc":  # a pyfunc model runs as logged
+            loaded.model = convert(loaded.model, plan.precision, plan.device)
     outcome.resolved_settings = task.resolved_settings(loaded, plan.settings)
     inputs_device = "cpu" if plan.precision == "int8" else plan.device
 

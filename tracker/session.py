@@ -66,6 +66,9 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     precision_probe = ensure_supported(device, config.precision)
     reachable = hub.prepare()
     model = resolve_model(task, config.model, hub_reachable=reachable, trust_remote_code=config.trust_remote_code)
+    if model.mlflow is not None and model.mlflow.flavor == "pyfunc" and config.precision != "fp32":
+        raise ConfigError(f"'{config.model}' is a pyfunc model, which runs as it was logged: drop --precision "
+                          "(its own code decides it)")
     with remote_code(config.trust_remote_code):
         kind = decide_kind(task, model, config.model_kind)
     dataset = load_dataset(task, config.dataset, config.n_samples, hub_reachable=reachable,
