@@ -178,3 +178,18 @@ def test_the_public_api_is_documented():
         assert getattr(tracker, name).__doc__, name
     with pytest.raises(UserError):
         tracker.run(task="no-such-task")
+
+
+@pytest.mark.parametrize("example", ["measure_your_code.py", "registered_model.py"])
+def test_the_examples_run_as_a_new_user_runs_them(example, client, tmp_path):
+    from conftest import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / "examples" / example)], cwd=tmp_path,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "kWh per 1,000" in done.stdout
+    runs = all_runs(client)
+    measured = [r for r in runs if "energy_kwh_per_1k" in r.data.metrics]
+    assert measured and all(r.info.status == "FINISHED" for r in runs)
+    if example == "registered_model.py":
+        assert "tracker.energy_kwh_per_1k" in client.get_model_version("sentiment-demo", "1").tags
