@@ -193,3 +193,16 @@ def test_the_examples_run_as_a_new_user_runs_them(example, client, tmp_path):
     assert measured and all(r.info.status == "FINISHED" for r in runs)
     if example == "registered_model.py":
         assert "tracker.energy_kwh_per_1k" in client.get_model_version("sentiment-demo", "1").tags
+
+
+def test_mlflow_telemetry_is_off_while_measuring_unless_asked_for(monkeypatch):
+    import os
+
+    from tracker.tracking import quiet_mlflow_telemetry
+
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    quiet_mlflow_telemetry()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")  # a user who wants it keeps it
+    quiet_mlflow_telemetry()
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"

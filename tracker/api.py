@@ -62,10 +62,11 @@ def run(*, task: str, tags: dict[str, str] | None = None, **options: Any) -> Run
     Raises:
         tracker.errors.UserError: a bad option, model or dataset, before any run is made.
     """
-    from tracker.session import measure as measure_run
-
     options.setdefault("progress", False)
     config = RunConfig.parse(task=task, **options)
+    config.check_inputs()  # before the session's imports: bad input is answered in about --help's time
+    from tracker.session import measure as measure_run
+
     report = measure_run(config, tags=tags)
     return RunResult(report.run_id, report.experiment, report.metrics, report.tags, config)
 
