@@ -158,18 +158,45 @@ def test_run_and_report_as_functions(client, tmp_path):
     ["run", "--task", "text-classification", "--model", "./no-such-model"],
     ["run", "--task", "text-classification", "--model", "models:/just-a-name"],
     ["run", "--task", "text-classification", "--dataset", "data/missing.csv"],
+    ["run", "--task", "text-classification", "--dataset", "{tmp}/reviews.csv"],  # no 'text' column
+    ["run", "--task", "text-classification", "--dataset", "{tmp}/reviews.jsonl", "--text-column", "body"],
     ["tune", "--task", "text-classification", "--model", "/no/such/folder"],
+    ["import-codecarbon", "{tmp}/missing.csv", "--task", "summarization", "--dataset", "xsum", "--n-samples", "9"],
+    ["annotate", "--quality", "{tmp}/missing.csv"],
 ])
-def test_bad_input_is_answered_before_heavy_imports(argv):
-    """Answered in about the time of --help: neither MLflow, torch nor transformers was imported."""
+def test_bad_input_is_answered_before_heavy_imports(argv, tmp_path):
+    """Answered in about the time of --help: neither MLflow, torch, transformers, Optuna nor pandas
+    was imported (benchmarks/startup.py times it)."""
+    (tmp_path / "reviews.csv").write_text("review,label\ngreat film,1\n")
+    (tmp_path / "reviews.jsonl").write_text('{"review": "great film", "label": 1}\n')
     probe = ("import sys; from tracker.cli import main; code = main(sys.argv[1:]); "
              "heavy = [m for m in ('mlflow', 'torch', 'transformers', 'optuna', 'pandas') if m in sys.modules]; "
              "print(code, heavy)")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     done = subprocess.run([sys.executable, "-c", probe, *argv], env=subprocess_env(), capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.strip() == "2 []", (done.stdout, done.stderr)
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("tracker: error: ")
+    if "reviews" in " ".join(argv):
+        assert "has no column" in line and "(its columns: review, label)" in line
+
+
+def test_only_text_to_image_imports_diffusers_and_model_code_is_imported_before_the_load_window(tmp_path):
+    """A run of another task never imports diffusers; a model's transformers module is imported by
+    import_model_code (outside the measured load phase), not first by from_pretrained inside it."""
+    probe = ("import sys, json; from tracker.cli import main; from tracker.runner import import_model_code; "
+             "from tracker.tasks import get_task; import pathlib; "
+             "folder = pathlib.Path(sys.argv[1]); folder.mkdir(); "
+             "(folder / 'config.json').write_text(json.dumps({'architectures': ['BertModel']})); "
+             "before = 'transformers.models.bert.modeling_bert' in sys.modules; "
+             "import_model_code(str(folder), get_task('sentence-similarity')); "
+             "after = 'transformers.models.bert.modeling_bert' in sys.modules; "
+             "code = main(['run', '--task', 'text-classification', '--n-samples', '8', '--country', 'FRA', "
+             "'--no-progress']); print(code, before, after, 'diffusers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "bert")], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "0 False True False", (done.stdout, done.stderr[-2000:])
 
 
 def test_the_public_api_is_documented():

@@ -101,7 +101,7 @@ class RunConfig:
         """Check what the run reads (model folder or URI, dataset file) without torch, MLflow or
         the network, so that a wrong path is answered in about the time of ``--help``."""
         from tracker.builtin import BUILTIN_DATASET, BUILTIN_MODEL
-        from tracker.data import check_dataset_location
+        from tracker.data import Columns, check_dataset_location, check_file_columns
         from tracker.mlflow_models import check_model_uri, is_model_uri
         from tracker.models import check_model_location
         from tracker.multipurpose import BUILTINS
@@ -114,7 +114,9 @@ class RunConfig:
                 check_model_location(self.model, trust_remote_code=self.trust_remote_code)
         task = get_task(self.task)
         if self.dataset is not None and self.dataset != BUILTIN_DATASET and self.dataset not in task.datasets:
-            check_dataset_location(task, self.dataset)
+            path = check_dataset_location(task, self.dataset)
+            if path is not None:
+                check_file_columns(task, path, Columns(self.text_column, self.target_column))
 
     @property
     def experiment_name(self) -> str:

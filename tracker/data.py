@@ -163,15 +163,41 @@ def _mapping(task: Task, spec: DatasetSpec | None, columns: Columns) -> dict[str
     return mapping
 
 
-def _examples(task: Task, name: str, source: DatasetSource, location: str, rows: Iterable[dict],
-              available: list[str], n_samples: int, mapping: dict[str, str],
-              spec: DatasetSpec | None, base: Path | None) -> LoadedDataset:
+def check_file_columns(task: Task, path: Path, columns: Columns) -> None:
+    """The columns a csv, tsv or jsonl file must have, read from its header or first line alone
+    (json and parquet files are checked when read)."""
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            if suffix in (".csv", ".tsv"):
+                header = next(csv.reader(handle, delimiter="\t" if suffix == ".tsv" else ","), [])
+            elif suffix == ".jsonl":
+                first = handle.readline()
+                header = list(json.loads(first)) if first.strip() else []
+            else:
+                return
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # reading it says what is wrong, with the reader's own words
+    if header:
+        _check_columns(task, str(path), header, _mapping(task, None, columns))
+
+
+def _check_columns(task: Task, name: str, available: list[str], mapping: dict[str, str]) -> None:
     for ours, theirs in mapping.items():
         if theirs not in available:
             hint = {task.input_column: "pass --text-column NAME",
                     task.target_column: "pass --target-column NAME"}.get(ours, f"name it '{ours}'")
             raise DatasetError(f"dataset '{name}' has no column '{theirs}' (its columns: "
                                f"{', '.join(available)}); {hint}")
+
+
+def _examples(task: Task, name: str, source: DatasetSource, location: str, rows: Iterable[dict],
+              available: list[str], n_samples: int, mapping: dict[str, str],
+              spec: DatasetSpec | None, base: Path | None) -> LoadedDataset:
+    _check_columns(task, name, available, mapping)
     inputs: list[Any] = []
     targets: list[Any] = []
     seen = empty = 0

@@ -103,12 +103,12 @@ class ImportSummary:
 
 def import_records(config: ImportConfig) -> ImportSummary:
     """Import every record of ``config.files``; checks everything before the first run is made."""
+    records = read_records(config.files, config.phases)  # every file checked before MLflow is imported
+    datasets = {path: config.dataset_of(path) for path in dict.fromkeys(p for p, _ in records.complete)}
     from mlflow import MlflowClient
 
     from tracker.tracking import check_tracking_server, experiment_id, finished_runs, write_finished_runs
 
-    records = read_records(config.files, config.phases)
-    datasets = {path: config.dataset_of(path) for path in dict.fromkeys(p for p, _ in records.complete)}
     check_tracking_server()
     client = MlflowClient()
     summary = ImportSummary(config.experiment_name)
