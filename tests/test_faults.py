@@ -589,3 +589,28 @@ def test_tracker_sync_closes_runs_whose_process_is_gone(cli, client):
     assert code == 0 and "0 spooled run(s) uploaded" in out
     closed = client.get_run(run.info.run_id)
     assert closed.info.status == "FAILED" and "is gone" in closed.data.tags["tracker.error"]
+
+
+def test_sigterm_the_moment_a_run_exists_still_ends_it_killed(client, hermetic):
+    """The signal lands while the new run's params and inputs are being written, before any
+    measuring: the run ends KILLED, never left RUNNING (or FAILED for a process gone)."""
+    import sqlite3
+
+    database = hermetic / "mlflow.db"
+    client.search_experiments()  # the store exists before the child starts, so it can be polled
+    with _started(summarizing(), stdout=subprocess.DEVNULL) as process:
+        deadline = time.monotonic() + 300
+        while True:  # polled in SQL every few milliseconds: MLflow's client would be too slow
+            assert process.poll() is None and time.monotonic() < deadline, "the run never started"
+            try:
+                with contextlib.closing(sqlite3.connect(database, timeout=0.05)) as db:
+                    if db.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0]:
+                        break
+            except sqlite3.OperationalError:  # locked by the child's write: try again
+                pass
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    [run] = all_runs(client)
+    assert run.info.status == "KILLED" and run.data.tags["tracker.interrupted_by"] == "SIGTERM"

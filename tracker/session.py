@@ -90,7 +90,9 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     meter = EnergyMeter(location=location, device=device,
                         tracking_mode=config.tracking_mode)  # type: ignore[arg-type]
     run_name = f"{_short(model.name)} · {dataset.name} · bs{config.batch_size} · {config.precision}"
-    with recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
+    # SIGINT/SIGTERM raise from the run's creation on (held during each write), so that one arriving
+    # while its params and inputs are written still ends it KILLED rather than leaving it RUNNING.
+    with interrupts_raise(), recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
         recorder.log(params=_params(config, plan, location.country_iso_code))
         recorder.log_json(config.as_dict() | {"resolved_model": model.location,
                                               "resolved_dataset": dataset.location,
@@ -108,7 +110,7 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
                     "partial_inferences": float(sum(q.inferences for q in outcome.queries))}
 
         try:
-            with interrupts_raise(), remote_code(config.trust_remote_code), Heartbeat(recorder, so_far), \
+            with remote_code(config.trust_remote_code), Heartbeat(recorder, so_far), \
                     _progress_bar(config, dataset.name) as progress:
                 execute(plan, meter, outcome, progress)
         finally:
