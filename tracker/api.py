@@ -67,8 +67,7 @@ def run(*, task: str, tags: dict[str, str] | None = None, **options: Any) -> Run
     config.check_inputs()  # before the session's imports: bad input is answered in about --help's time
     from tracker.session import measure as measure_run
 
-    report = measure_run(config, tags=tags)
-    return RunResult(report.run_id, report.experiment, report.metrics, report.tags, config)
+    return measure_run(config, tags=tags)
 
 
 def tune(*, task: str, **options: Any) -> TuneResult:

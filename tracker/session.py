@@ -13,12 +13,12 @@ import logging
 import platform
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
 from tracker import hub
+from tracker.api import RunResult
 from tracker.carbon import resolve_location
 from tracker.config import RunConfig
 from tracker.data import Columns, LoadedDataset, load_dataset
@@ -44,15 +44,7 @@ SAMPLE_TEXT_CHARS = 200  # inputs and predictions are cut to this in predictions
 VERSIONED_PACKAGES = ("tracker", "torch", "transformers", "codecarbon", "mlflow", "datasets")
 
 
-@dataclass
-class RunReport:
-    run_id: str
-    experiment: str
-    metrics: dict[str, float]
-    tags: dict[str, str]
-
-
-def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunReport:
+def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunResult:
     """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run."""
     config.check_inputs()  # before MLflow, torch and the Hub probe: a wrong path is answered at once
     check_tracking_server()
@@ -120,7 +112,7 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunRepo
     if model.mlflow is not None:
         tag_version(recorder.client, model.mlflow, run_id=recorder.run_id, metrics=logged[0],
                     quality_metric=task.primary_metric, task=task.name, dataset=dataset.name)
-    return RunReport(recorder.run_id, config.experiment_name, *logged)
+    return RunResult(recorder.run_id, config.experiment_name, *logged, config)
 
 
 def run_dataset(dataset: LoadedDataset) -> RunDataset:
