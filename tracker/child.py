@@ -1,14 +1,22 @@
-"""One measured run in a child process (`tracker run`), and finding what it left in MLflow.
+"""Measured runs in child processes, and finding what they left in MLflow.
 
-Studies and tuning measure each combination this way: a model that kills its process (SIGILL,
-a segfault, the OOM killer) then fails alone, and memory is returned between runs.
+Studies measure each combination in its own process (`tracker run`): a model that kills its
+process (SIGILL, a segfault, the OOM killer) then fails alone, and memory is returned between
+runs. A search measures the settings that share a model load (the batch sizes of one precision) in
+one longer-lived child (``SharedLoadChild``, this module run as ``python -m tracker.child``): one
+load and one start-up for all of them, one run and one set of query windows each, and a crash
+still fails only that precision's process.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,7 +53,12 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> Ch
     tags = tags | {"tracker.attempt": attempt}
     started = time.monotonic()
     code, last_line = _relay(run_command(config, tags))
-    seconds = time.monotonic() - started
+    return _result(client, config, tags, attempt, code, last_line, time.monotonic() - started)
+
+
+def _result(client: Any, config: RunConfig, tags: dict[str, str], attempt: str, code: int, last_line: str,
+            seconds: float) -> ChildResult:
+    """What an attempt left: its run, closed FAILED if its process died with it open."""
     run = _find_attempt(client, config, attempt)
     if code == 0 and run is not None:
         return ChildResult(run, "FINISHED", "", seconds)
@@ -96,6 +109,134 @@ def _relay(command: list[str]) -> tuple[int, str]:
     return child.returncode, error or last
 
 
+class SharedLoadChild:
+    """Runs measured one after another in one child process while they share a model load (same
+    model, precision, device, attention and compile); a run with another load ends that process
+    and starts a new one, so one model is in memory at a time. A process that dies fails the run it
+    was measuring (its run closed FAILED with the signal's name) and the next run starts a new one."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.process: subprocess.Popen[str] | None = None
+        self.load: tuple[Any, ...] | None = None
+        self.last_line = ""
+
+    def __enter__(self) -> SharedLoadChild:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def measure(self, config: RunConfig, tags: dict[str, str]) -> ChildResult:
+        load = shared_load_key(config)
+        if self.process is None or self.process.poll() is not None or load != self.load:
+            self.close()
+            self._start()
+            self.load = load
+        assert self.process is not None and self.process.stdin is not None and self.process.stdout is not None
+        attempt = uuid.uuid4().hex
+        tags = tags | {"tracker.attempt": attempt}
+        started = time.monotonic()
+        try:
+            self.process.stdin.write(json.dumps({"config": config.as_dict(), "tags": tags}) + "\n")
+            self.process.stdin.flush()
+            line = self.process.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        except BaseException:  # interrupted: the child ends its run KILLED, with its energy, then we go
+            self._stop(signal.SIGTERM)
+            raise
+        if line:
+            reply = json.loads(line)
+            code, reason = (0, "") if reply["status"] == "FINISHED" else (1, reply.get("error", ""))
+        else:  # the process died while measuring
+            code, reason = self.process.wait(), ""
+            self._stderr_thread.join(timeout=5)
+            reason = self.last_line
+            self.process = None
+        return _result(self.client, config, tags, attempt, code, reason, time.monotonic() - started)
+
+    def _start(self) -> None:
+        self.process = subprocess.Popen(serve_command(), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                        preexec_fn=_die_with_parent)
+        self.last_line = ""
+        self._stderr_thread = threading.Thread(target=self._relay_stderr, args=(self.process,), daemon=True)
+        self._stderr_thread.start()
+
+    def _relay_stderr(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            sys.stderr.write(line)
+            if line.strip():
+                self.last_line = line.strip()
+
+    def close(self) -> None:
+        """End the process: its input closed, it finishes and exits."""
+        if self.process is None:
+            return
+        try:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(timeout=120)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self._stop(signal.SIGKILL)
+        self.process = None
+
+    def _stop(self, sig: signal.Signals) -> None:
+        if self.process is None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.process = None
+
+
+def serve_command() -> list[str]:
+    """The shared-load child's command line: this module, serving runs read from stdin."""
+    return [sys.executable, "-m", "tracker.child"]
+
+
+def shared_load_key(config: RunConfig) -> tuple[Any, ...]:
+    """What a loaded model depends on: runs with equal keys can share one process and one load."""
+    return (config.task, config.model, config.model_kind, config.device, config.precision, config.attention,
+            config.compile, config.trust_remote_code)
+
+
+def serve() -> int:
+    """The child's side: read one run a line ({"config": ..., "tags": ...}) from stdin, measure it
+    keeping the model loaded, answer one line on the original stdout ({"status", "run_id" or
+    "error"}). Anything else printed to stdout goes to stderr, so it cannot break the exchange."""
+    from tracker.errors import RunInterrupted, TrackerError
+    from tracker.session import measure
+
+    logging.basicConfig(level=logging.WARNING, format="tracker: %(levelname)s: %(message)s")
+    logging.getLogger("tracker").setLevel(logging.INFO)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    kept: dict[tuple[Any, ...], Any] = {}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            config = RunConfig(**request["config"])
+            config.validate()
+            result = measure(config, tags=request["tags"], kept=kept)
+            reply = {"status": "FINISHED", "run_id": result.run_id}
+        except RunInterrupted as err:
+            print(f"tracker: run {err}; logged as KILLED with the energy measured so far", file=sys.stderr)
+            return 128 + getattr(signal, err.signal_name)
+        except TrackerError as err:
+            reply = {"status": "FAILED", "error": str(err)}
+        except Exception as err:  # the run is FAILED with it; the next setting may still work
+            logging.getLogger(__name__).exception("run failed")
+            reply = {"status": "FAILED", "error": f"{type(err).__name__}: {err}"}
+        answers.write(json.dumps(reply) + "\n")
+    return 0
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the parent dies (Linux), so a killed study or search does
     not leave a run measuring on its own; the run then ends KILLED with its partial energy."""
@@ -114,3 +255,7 @@ def _find_attempt(client: Any, config: RunConfig, attempt: str) -> Any:
     runs = client.search_runs([experiment.experiment_id],
                               filter_string=f"tags.`tracker.attempt` = '{attempt}'", max_results=1)
     return runs[0] if runs else None
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

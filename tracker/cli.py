@@ -41,6 +41,14 @@ RUN_FLAGS = {
     "tracking_mode": "CodeCarbon tracking mode: machine or process (default machine)",
     "text_column": "input column of a custom dataset (text, question, image or audio path)",
     "target_column": "reference/label column of a custom dataset",
+    "threads": "torch CPU threads (default: torch's, the physical cores)",
+    "attention": "attention implementation, sdpa or eager (default: the model's)",
+}
+
+# Run switches that take an optional true|false: (flag, help).
+RUN_SWITCHES = {
+    "sort_by_length": "batch inputs of similar length together, so batches carry less padding (default: false)",
+    "compile": "torch.compile the model; compiled during the unmeasured warm-up (default: false)",
 }
 
 
@@ -57,6 +65,10 @@ TUNE_FLAGS = {
     "heartbeat_s": "seconds between a worker's heartbeats; a trial silent 3x as long is retried (default 30)",
     "sampler_seed": "seed of the sampler (default: random)",
     "baseline_every": "measure the baseline (batch 1, fp32) again after this many trials of a worker (default 4)",
+    "strategy": "structured (default: largest batch first per precision, bisect where quality breaks, "
+                "confirm the leaders), tpe, gp, random or grid",
+    "knobs": "comma-separated knobs to search: batch_size, precision, threads, sort_by_length, attention, "
+             "compile (default: batch_size,precision)",
 }
 
 
@@ -65,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="measure one model on one task and log it to MLflow")
     _add_flags(run, RUN_FLAGS)
+    _add_switches(run)
     run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     _add_trust_flag(run)
     run.add_argument("--log-inputs", nargs="?", const="true", default=None, metavar="true|false",
@@ -84,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
     _add_flags(tune, {k: v for k, v in RUN_FLAGS.items() if k not in ("batch_size", "precision")})
     _add_flags(tune, TUNE_FLAGS)
+    _add_switches(tune)
     _add_trust_flag(tune)
 
     records = commands.add_parser("import-codecarbon", help="turn CodeCarbon records (emissions.csv) into runs")
@@ -138,6 +152,12 @@ def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", nargs="?", const="true", default=None, metavar="true|false",
                         help="let a model's own code (config.json auto_map) run: only for code you trust "
                              "(default: refused)")
+
+
+def _add_switches(parser: argparse.ArgumentParser) -> None:
+    for name, help_text in RUN_SWITCHES.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, nargs="?", const="true", default=None,
+                            metavar="true|false", help=help_text)
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:

@@ -19,6 +19,7 @@ from tracker.precision import PRECISIONS
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TRACKING_MODES = ("machine", "process")
+ATTENTIONS = ("sdpa", "eager")  # transformers' attention implementations that run on any device
 MODEL_KINDS = ("auto", "task-specific", "multi-purpose")
 
 
@@ -50,6 +51,11 @@ class RunConfig:
     target_column: str | None = None
     progress: bool = True
     log_inputs: bool = True  # the first inputs in predictions_sample.csv (False: predictions only)
+    # Knobs that change the cost of an output besides batch size and precision (tune can search them).
+    threads: int | None = None  # torch's CPU threads; None: torch's default (the physical cores)
+    sort_by_length: bool = False  # batch inputs of similar length together: less padding
+    attention: str | None = None  # sdpa or eager; None: the model's default
+    compile: bool = False  # torch.compile the model (compiled during warm-up, not measured)
 
     @classmethod
     def parse(cls, **raw: Any) -> RunConfig:
@@ -63,10 +69,10 @@ class RunConfig:
             raise ConfigError("a task is required: pass --task NAME (see `tracker tasks`)")
         for name, minimum in (("n_samples", 1), ("batch_size", 1), ("repeats", 1), ("warmup", 0),
                               ("max_new_tokens", 1), ("seed", 0), ("image_size", 8),
-                              ("num_inference_steps", 1)):
+                              ("num_inference_steps", 1), ("threads", 1)):
             if name in values:
                 values[name] = _integer(name, values[name], minimum)
-        for name in ("trust_remote_code", "log_inputs"):
+        for name in ("trust_remote_code", "log_inputs", "sort_by_length", "compile"):
             if name in values:
                 values[name] = boolean(flag(name), values[name])
         for name in ("carbon_intensity", "guidance_scale", "min_duration_s", "wait_for_quiet"):
@@ -88,6 +94,8 @@ class RunConfig:
             raise ConfigError(f"unknown tracking mode '{self.tracking_mode}': use machine or process")
         if self.model_kind not in MODEL_KINDS:
             raise ConfigError(f"unknown model kind '{self.model_kind}': use {', '.join(MODEL_KINDS)}")
+        if self.attention is not None and self.attention not in ATTENTIONS:
+            raise ConfigError(f"unknown attention '{self.attention}': use {' or '.join(ATTENTIONS)}")
         if self.guidance_scale < 0:
             raise ConfigError(f"--guidance-scale must be >= 0, got {self.guidance_scale:g}")
         if self.carbon_intensity is not None and not 0 <= self.carbon_intensity < math.inf:
@@ -135,7 +143,9 @@ class RunConfig:
         # keys were first logged count only when set, so earlier runs keep matching.
         measured = {k: v for k, v in self.as_dict().items()
                     if k not in ("progress", "experiment", "wait_for_quiet", "log_inputs")
-                    and not (k == "min_duration_s" and v == 0) and not (k == "trust_remote_code" and not v)}
+                    and not (k == "min_duration_s" and v == 0)
+                    and not (k in ("trust_remote_code", "sort_by_length", "compile") and not v)
+                    and not (k in ("threads", "attention") and v is None)}
         return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
 
 

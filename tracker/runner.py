@@ -56,6 +56,14 @@ class RunPlan:
     kind: ModelKind
     min_duration_s: float = 0.0  # measure more windows until they cover this long
     wait_for_quiet_s: float = 0.0  # before each window, wait up to this long for a quiet machine
+    threads: int | None = None  # torch's CPU threads (None: the process's default)
+    sort_by_length: bool = False
+    attention: str | None = None
+    compile: bool = False
+
+    def load_key(self) -> tuple[Any, ...]:
+        """What the loaded model depends on: runs with equal keys can share one load."""
+        return (self.model.location, self.kind.kind, self.device, self.precision, self.attention, self.compile)
 
     @property
     def predictor(self) -> Predictor:
@@ -90,6 +98,7 @@ class RunOutcome:
     quality: dict[str, float] = field(default_factory=dict)
     quality_unavailable: str | None = None  # why quality could not be computed
     resolved_settings: dict[str, Any] = field(default_factory=dict)  # known once the model is loaded
+    load_shared: bool = False  # the model was loaded (and its load measured) by an earlier run of this process
     model_parameters: int | None = None  # as loaded, before any conversion
     quiet_waits: list[QuietWait] = field(default_factory=list)
 
@@ -101,17 +110,32 @@ class RunOutcome:
 Progress = Callable[[int], None]
 
 
-def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Progress) -> None:
+def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Progress, *,
+            kept: dict[tuple[Any, ...], Any] | None = None) -> None:
+    """Measure the plan into ``outcome``. ``kept``: models this process keeps loaded between runs
+    (by ``RunPlan.load_key``); a run that finds its model there measures no load phase."""
     task, predictor, inputs = plan.task, plan.predictor, plan.dataset.inputs
-    batches = [inputs[i:i + plan.batch_size] for i in range(0, len(inputs), plan.batch_size)]
+    set_threads(plan.threads)
+    order = length_order(task, inputs) if plan.sort_by_length else list(range(len(inputs)))
+    ordered = [inputs[i] for i in order]
+    batches = [ordered[i:i + plan.batch_size] for i in range(0, len(ordered), plan.batch_size)]
 
-    import_model_code(plan.model.location, plan.task)
-    with meter.phase(LOAD_PHASE) as outcome.load:
-        loaded = predictor.load_model(plan.model.location, local_only=plan.model.local_only)
-        outcome.model_parameters = count_parameters(loaded.model)
-        if plan.model.mlflow is None or plan.model.mlflow.flavor != "pyfunc":  # a pyfunc model runs as logged
-            loaded.model = convert(loaded.model, plan.precision, plan.device)
-    outcome.resolved_settings = task.resolved_settings(loaded, plan.settings)
+    loaded = kept.get(plan.load_key()) if kept is not None else None
+    outcome.load_shared = loaded is not None
+    if loaded is None:
+        import_model_code(plan.model.location, plan.task)
+        with meter.phase(LOAD_PHASE) as outcome.load:
+            loaded = predictor.load_model(plan.model.location, local_only=plan.model.local_only)
+            outcome.model_parameters = count_parameters(loaded.model)
+            set_attention(loaded.model, plan.attention)
+            if plan.model.mlflow is None or plan.model.mlflow.flavor != "pyfunc":  # a pyfunc model runs as logged
+                loaded.model = convert(loaded.model, plan.precision, plan.device)
+            if plan.compile:
+                loaded.model = compile_model(loaded.model)
+        if kept is not None:
+            kept.clear()  # one model at a time: memory for one
+            kept[plan.load_key()] = loaded
+    outcome.resolved_settings = task.resolved_settings(loaded, plan.settings) | resolved_knobs(loaded.model)
     inputs_device = "cpu" if plan.precision == "int8" else plan.device
 
     for i in range(plan.warmup):  # not measured: first calls pay one-off allocation costs
@@ -136,7 +160,7 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
                 progress(len(batch))
         measured_s += reading.energy.duration_s if reading.energy else 0.0
         if not outcome.predictions:
-            outcome.predictions = predictions
+            outcome.predictions = unsort(predictions, order)
 
     # Scoring is not measured: it is evaluation, not the inference being costed.
     outcome.references = task.references(plan.dataset.targets, plan.dataset.spec)
@@ -164,6 +188,86 @@ def import_model_code(location: str, task: Task) -> None:
         return
     for name in architectures:
         getattr(transformers, name, None)
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU threads for this run; None restores the process's default (a process that
+    measures several runs must not carry one run's setting into the next)."""
+    import torch
+
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    torch.set_num_threads(threads or _DEFAULT_THREADS)
+
+
+_DEFAULT_THREADS: int | None = None
+
+
+def length_order(task: Task, inputs: list[Any]) -> list[int]:
+    """Indices of the inputs from shortest to longest (characters of text), so a batch pads less."""
+    from tracker.errors import ConfigError
+
+    lengths = [text_length(value) for value in inputs]
+    if any(length is None for length in lengths):
+        raise ConfigError(f"--sort-by-length needs text inputs, and {task.name}'s are not text: drop the flag")
+    return sorted(range(len(inputs)), key=lambda i: lengths[i])
+
+
+def text_length(value: Any) -> int | None:
+    """Characters of text in an input (a string, or strings in a tuple, list or dict); None if not text."""
+    if isinstance(value, str):
+        return len(value)
+    parts = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else None
+    if parts is None:
+        return None
+    lengths = [text_length(v) for v in parts]
+    return None if not lengths or any(n is None for n in lengths) else sum(lengths)  # type: ignore[misc]
+
+
+def unsort(predictions: list[Any], order: list[int]) -> list[Any]:
+    """Predictions made in ``order`` put back in the dataset's order, beside their references."""
+    if len(predictions) != len(order):
+        return predictions  # a pyfunc model may answer with another count; scoring reports it
+    restored: list[Any] = [None] * len(order)
+    for position, index in enumerate(order):
+        restored[index] = predictions[position]
+    return restored
+
+
+def set_attention(model: Any, attention: str | None) -> None:
+    if attention is None:
+        return
+    from tracker.errors import ConfigError
+
+    if not hasattr(model, "set_attn_implementation"):
+        raise ConfigError(f"--attention applies to transformers models; {type(model).__name__} has no "
+                          "attention setting: drop the flag")
+    model.set_attn_implementation(attention)
+
+
+def compile_model(model: Any) -> Any:
+    """``torch.compile`` in place (``Module.compile``), so generate() and pipelines call the compiled
+    forward; compilation happens on the first calls, in the unmeasured warm-up."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        from tracker.errors import ConfigError
+
+        raise ConfigError(f"--compile applies to torch modules; {type(model).__name__} is not one: drop the flag")
+    model.compile()
+    return model
+
+
+def resolved_knobs(model: Any) -> dict[str, Any]:
+    """The knobs in effect, as params: CPU threads, and the attention implementation used."""
+    import torch
+
+    knobs: dict[str, Any] = {"threads": torch.get_num_threads()}
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if isinstance(attention, str):
+        knobs["attention"] = attention
+    return knobs
 
 
 def count_parameters(model: Any) -> int | None:

@@ -29,7 +29,7 @@ from tracker.models import resolve_model
 from tracker.multipurpose import decide_kind
 from tracker.precision import ensure_supported
 from tracker.remote_code import remote_code
-from tracker.runner import RunOutcome, RunPlan, execute
+from tracker.runner import RunOutcome, RunPlan, execute, length_order
 from tracker.signals import interrupts_raise
 from tracker.summary import run_metrics
 from tracker.tasks import get_task
@@ -41,11 +41,14 @@ logger = logging.getLogger(__name__)
 
 PREDICTION_SAMPLE_ROWS = 50
 SAMPLE_TEXT_CHARS = 200  # inputs and predictions are cut to this in predictions_sample.csv
+COMPILE_WARMUP_BATCHES = 3  # torch.compile: first call, first new shape (measured: 28 s and 15 s, tiny BERT, CPU)
 VERSIONED_PACKAGES = ("tracker", "torch", "transformers", "codecarbon", "mlflow", "datasets")
 
 
-def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunResult:
-    """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run."""
+def measure(config: RunConfig, *, tags: dict[str, str] | None = None,
+            kept: dict[tuple[Any, ...], Any] | None = None) -> RunResult:
+    """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run.
+    ``kept``: models this process keeps loaded from run to run (``runner.execute``)."""
     config.check_inputs()  # before MLflow, torch and the Hub probe: a wrong path is answered at once
     check_tracking_server()
     quiet_libraries()
@@ -68,10 +71,16 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunResu
     settings = GenerationSettings(max_new_tokens=config.max_new_tokens, image_size=config.image_size,
                                   num_inference_steps=config.num_inference_steps,
                                   guidance_scale=config.guidance_scale)
+    # A compiled model compiles on its first call and again on the first new shape (then with
+    # dynamic shapes): both in the warm-up, not in the measured windows.
+    warmup = max(config.warmup, COMPILE_WARMUP_BATCHES) if config.compile else config.warmup
     plan = RunPlan(task=task, model=model, dataset=dataset, device=device, precision=config.precision,
-                   batch_size=config.batch_size, repeats=config.repeats, warmup=config.warmup,
+                   batch_size=config.batch_size, repeats=config.repeats, warmup=warmup,
                    settings=settings, kind=kind, min_duration_s=config.min_duration_s,
-                   wait_for_quiet_s=config.wait_for_quiet)
+                   wait_for_quiet_s=config.wait_for_quiet, threads=config.threads,
+                   sort_by_length=config.sort_by_length, attention=config.attention, compile=config.compile)
+    if config.sort_by_length:
+        length_order(task, dataset.inputs)  # inputs that are not text are refused before the run exists
     _seed(config.seed)
 
     tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()} | (tags or {})
@@ -104,7 +113,7 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None) -> RunResu
         try:
             with remote_code(config.trust_remote_code), Heartbeat(recorder, so_far), \
                     _progress_bar(config, dataset.name) as progress:
-                execute(plan, meter, outcome, progress)
+                execute(plan, meter, outcome, progress, kept=kept)
         finally:
             meter.close()
             logged = _log_outcome(recorder, plan, meter, outcome, note=tags.get("mlflow.note.content", ""),
@@ -181,7 +190,7 @@ def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
         "task": config.task, "model": plan.model.name, "dataset": plan.dataset.name,
         "n_samples": config.n_samples, "batch_size": config.batch_size,
         "precision": config.precision, "device": plan.device, "repeats": config.repeats,
-        "warmup": config.warmup, "country_iso_code": country, "seed": config.seed,
+        "warmup": plan.warmup, "country_iso_code": country, "seed": config.seed,
     }
     if config.min_duration_s:
         params["min_duration_s"] = config.min_duration_s
@@ -191,6 +200,9 @@ def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
         params["carbon_intensity_override_g_per_kwh"] = config.carbon_intensity
     if not config.log_inputs:
         params["log_inputs"] = False
+    for knob in ("sort_by_length", "compile"):  # threads and attention are logged as resolved, after loading
+        if getattr(config, knob):
+            params[knob] = True
     params.update({k: v for k, v in plan.settings_params().items() if v is not None})
     return params
 
@@ -235,6 +247,9 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outco
                  note: str, log_inputs: bool) -> tuple[dict[str, float], dict[str, str]]:
     metrics = run_metrics(outcome, generative=plan.generative)
     tags = outcome_tags(meter, outcome, expected_inferences=len(plan.dataset.inputs), note=note)
+    if outcome.load_shared:
+        tags["tracker.load.shared"] = ("the model stayed loaded from an earlier run of this process (a search "
+                                       "measures the settings of one load in one process): no load phase here")
     logged = {k for k, v in plan.settings_params().items() if v is not None}
     late = {k: v for k, v in outcome.resolved_settings.items() if k not in logged and v is not None}
     recorder.log(params=late, metrics=metrics, tags=tags)

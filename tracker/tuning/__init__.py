@@ -1,4 +1,5 @@
-"""Search batch size and precision for the lowest carbon per output that keeps quality (Optuna).
+"""Search batch size, precision and the other knobs asked for, for the lowest carbon per output
+that keeps quality (Optuna).
 
 Layout of a search, in MLflow and Optuna:
 
@@ -9,9 +10,15 @@ Layout of a search, in MLflow and Optuna:
   the worker that creates the study, then again by every worker after each ``baseline_every`` of
   its trials, so that the comparison spans the same drift in the machine's load as the trials;
   each measurement is stored on the study;
-- one nested MLflow run per trial, measured in a child process (``tracker run``), so a trial that
-  kills its process (SIGILL, a segfault, the OOM killer) is recorded FAILED with the signal's name
-  while the search goes on.
+- one nested MLflow run per trial, measured in a child process; the trials that share a model
+  load (the batch sizes of one precision) share one child (``tracker.child.SharedLoadChild``), so a
+  trial that kills its process (SIGILL, a segfault, the OOM killer) is recorded FAILED with the
+  signal's name, that precision alone suffers, and the search goes on.
+
+The next setting comes from the strategy (``strategies``): ``structured`` by default (per
+precision the largest batch first, bisection where quality breaks, the plateau, the other knobs
+on the leader, then the leader and runner-up measured again), or Optuna's TPE, GP, random or grid
+sampler.
 
 Every measurement has at least ``MIN_WINDOWS`` query windows, so each carbon figure has a spread;
 a trial whose windows were contended (other processes busy on the machine) is measured again.
@@ -25,7 +32,8 @@ study, marked, and are never reported as best. Settings already measured are not
 ``n_trials``) unless repeats are asked for.
 
 The package, by concern: ``config`` (the search's settings and the quality constraint),
-``storage`` (the study database, its lock and sampler), ``baseline`` (the reference measurement
+``strategies`` (the structured strategy and the samplers), ``storage`` (the study database and its
+lock), ``baseline`` (the reference measurement
 and the spreads stored on the study), ``search`` (the search and its objective), ``results`` (the
 best settings, the summary and the plots on the parent run). The runs themselves are opened and
 ended by ``tracker.tracking``.

@@ -22,9 +22,10 @@ BASELINE_ATTR = "baseline:"  # study user attrs "baseline:<run id>": one per bas
 
 
 def baseline_config(run: RunConfig) -> RunConfig:
-    """The paper's protocol (batch 1, fp32), measured in at least MIN_WINDOWS windows."""
+    """The paper's protocol (batch 1, fp32, the model and torch as they come), measured in at least
+    MIN_WINDOWS windows."""
     return dataclasses.replace(run, batch_size=1, precision="fp32", repeats=max(run.repeats, MIN_WINDOWS),
-                               progress=False)
+                               threads=None, sort_by_length=False, attention=None, compile=False, progress=False)
 
 
 def carbon_spread(run: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from tracker.config import RunConfig
 from tracker.errors import ConfigError
+from tracker.tuning.strategies import (DEFAULT_KNOBS, PRECISION_ORDER, STRATEGIES, Space, knob_values,
+                                       parse_knobs)
 
 Objective = Literal["carbon", "pareto"]
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -27,6 +29,8 @@ class TuneConfig:
     heartbeat_s: int = 30
     seed: int | None = None
     baseline_every: int = 4  # each worker measures the baseline again after this many trials
+    strategy: str = "structured"  # how the next setting is picked (tracker.tuning.strategies)
+    knobs: tuple[str, ...] = DEFAULT_KNOBS  # what is searched; the others stay as the run sets them
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -37,6 +41,9 @@ class TuneConfig:
             raise ConfigError(f"--max-batch-size must be a positive whole number, got {self.max_batch_size}")
         if not 0 <= self.max_quality_drop < 1:
             raise ConfigError(f"--max-quality-drop must be in [0, 1), got {self.max_quality_drop:g}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy '{self.strategy}': use {', '.join(STRATEGIES)}")
+        parse_knobs(self.knobs)
         if self.objective not in ("carbon", "pareto"):
             raise ConfigError(f"unknown objective '{self.objective}': use carbon or pareto")
         if not self.storage.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql")):
@@ -49,7 +56,9 @@ class TuneConfig:
             return self.study_name
         run = self.run
         model = (run.model or "default").rstrip("/").split("/")[-1]
-        return f"tune-{run.task}-{model}-{run.dataset or 'default'}-{run.n_samples}"
+        extra = [k for k in self.knobs if k not in DEFAULT_KNOBS]  # another space: another study
+        return (f"tune-{run.task}-{model}-{run.dataset or 'default'}-{run.n_samples}"
+                + "".join(f"-{k}" for k in extra))
 
     def batch_sizes(self) -> list[int]:
         """Powers of two up to the maximum."""
@@ -62,6 +71,22 @@ class TuneConfig:
             return list(self.precisions)
         return [p for p in PRECISIONS if not (p == "int8" and device != "cpu")]
 
+    def space(self, device: str) -> Space:
+        """The settings searched: batch sizes, precisions in the order the structured strategy
+        tries them, and each other knob asked for (its values, the run's default first)."""
+        order = PRECISION_ORDER["cpu" if device == "cpu" else "cuda"]
+        precisions = sorted(self.search_precisions(device), key=lambda p: order.index(p) if p in order else len(order))
+        extra = {}
+        for name in self.knobs:
+            if name in ("batch_size", "precision"):
+                continue
+            values = knob_values(name, default_threads=default_threads())
+            fixed = getattr(self.run, name)  # a value given for the run goes first: it is the default
+            if fixed not in (None, False) and fixed in values:
+                values = (fixed, *[v for v in values if v != fixed])
+            extra[name] = values
+        return Space(tuple(self.batch_sizes()), tuple(precisions), extra)
+
 
 def parse_tune_config(run: RunConfig, **raw: Any) -> TuneConfig:
     """A TuneConfig from raw values (the CLI's strings, or the API's numbers and lists); empty and
@@ -71,7 +96,7 @@ def parse_tune_config(run: RunConfig, **raw: Any) -> TuneConfig:
 
     raw = {k: v for k, v in raw.items() if v not in (None, "")}
     known = {"n_trials", "max_batch_size", "precisions", "max_quality_drop", "objective", "study_name", "storage",
-             "min_window_s", "heartbeat_s", "sampler_seed", "baseline_every"}
+             "min_window_s", "heartbeat_s", "sampler_seed", "baseline_every", "strategy", "knobs"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown search parameter(s): {', '.join(flag(k) for k in sorted(unknown))}")
@@ -89,8 +114,17 @@ def parse_tune_config(run: RunConfig, **raw: Any) -> TuneConfig:
         if not chosen or any(p not in PRECISIONS for p in chosen):
             raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, got '{given}'")
         options["precisions"] = chosen
-    options.update({k: raw[k] for k in ("objective", "study_name", "storage") if k in raw})
+    if "knobs" in raw:
+        options["knobs"] = parse_knobs(raw["knobs"])
+    options.update({k: raw[k] for k in ("objective", "study_name", "storage", "strategy") if k in raw})
     return TuneConfig(**options)
+
+
+def default_threads() -> int:
+    """torch's CPU threads by default (the physical cores)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def feasibility(quality: float, reference: float, max_drop: float, higher_is_better: bool) -> float:

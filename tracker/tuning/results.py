@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tracker.pareto import pareto_front
-from tracker.stats import Spread, ratio_interval
+from tracker.stats import Spread, pooled, ratio_interval
+from tracker.tuning.strategies import key
 from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, stored_spread
 
 
@@ -21,13 +23,38 @@ def feasible_trials(study: Any) -> list[Any]:
 
 
 def best_trials(study: Any) -> list[Any]:
-    """The lowest carbon per output among feasible trials; the feasible Pareto front for pareto."""
+    """The lowest carbon per output among feasible settings (a setting measured again counts all
+    its measurements); the feasible Pareto front for pareto."""
     feasible = feasible_trials(study)
     if not feasible:
         return []
     if len(study.directions) == 1:
-        return [min(feasible, key=lambda t: t.values[0])]
+        return [ranked_settings(feasible)[0].trials[0]]
     return _front(feasible, study)
+
+
+@dataclass(frozen=True)
+class SettingFigures:
+    """One setting's carbon per output over every trial that measured it (the confirmations too)."""
+
+    params: dict[str, Any]
+    carbon: Spread
+    trials: list[Any]  # the first one first
+
+
+def ranked_settings(trials: list[Any]) -> list[SettingFigures]:
+    """Finished trials grouped by their settings, cheapest pooled carbon first."""
+    groups: dict[tuple, list[Any]] = {}
+    for trial in trials:
+        groups.setdefault(key(trial.params), []).append(trial)
+    settings = [SettingFigures(dict(k), pooled([_spread(t) for t in group]), sorted(group, key=lambda t: t.number))
+                for k, group in groups.items()]
+    return sorted(settings, key=lambda s: s.carbon.mean)
+
+
+def _spread(trial: Any) -> Spread:
+    spread = stored_spread(trial.user_attrs.get("carbon"))
+    return spread if spread.n else Spread(trial.values[0], math.nan, 1)
 
 
 def _front(trials: list[Any], study: Any) -> list[Any]:
@@ -57,9 +84,9 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
     tags = {}
     if best:
         top = best[0]
-        carbon = top.values[0]
-        top_spread = stored_spread(top.user_attrs.get("carbon"))
-        ratio, low, high = ratio_interval(baseline, top_spread if top_spread.n else Spread(carbon, math.nan, 1))
+        top_spread = ranked_settings([t for t in feasible_trials(study) if t.params == top.params])[0].carbon
+        carbon = top_spread.mean if len(study.directions) == 1 else top.values[0]
+        ratio, low, high = ratio_interval(baseline, top_spread)
         summary.update(best_params=top.params, best_trial=top.number, best_emissions_g_per_output=carbon,
                        best_quality=top.user_attrs.get("quality"), carbon_reduction_x=ratio,
                        carbon_reduction_x_ci95=(low, high),
@@ -68,8 +95,7 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
         metrics.update(best_emissions_g_per_output=carbon, best_quality=float(top.user_attrs.get("quality", math.nan)),
                        best_batch_size=float(top.params["batch_size"]), carbon_reduction_x=ratio,
                        carbon_reduction_x_ci95_low=low, carbon_reduction_x_ci95_high=high)
-        tags = {"tracker.tune.best.batch_size": str(top.params["batch_size"]),
-                "tracker.tune.best.precision": top.params["precision"],
+        tags = {**{f"tracker.tune.best.{name}": str(value) for name, value in top.params.items()},
                 "tracker.tune.best.trial": str(top.number),
                 "tracker.tune.best.run_id": top.user_attrs.get("run_id", "")}
         tie = _tie(study, top) if len(study.directions) == 1 else None
@@ -88,18 +114,28 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
 def _tie(study: Any, best: Any) -> str | None:
     """The runner-up, in words, when its 95% interval overlaps the best's: within the measured
     spread, so the search cannot tell them apart."""
-    others = [t for t in feasible_trials(study) if t.params != best.params and t.values]
+    ranked = ranked_settings([t for t in feasible_trials(study) if t.values])
+    first = next(s for s in ranked if s.params == best.params)
+    others = [s for s in ranked if s.params != best.params]
     if not others:
         return None
-    runner = min(others, key=lambda t: t.values[0])
-    a, b = stored_spread(best.user_attrs.get("carbon")), stored_spread(runner.user_attrs.get("carbon"))
+    runner = others[0]
+    a, b = first.carbon, runner.carbon
     if not a.overlaps(b):
         return None
     (a_low, a_high), (b_low, b_high) = a.ci95, b.ci95
-    return (f"batch {best.params['batch_size']}, {best.params['precision']} (trial {best.number}) and batch "
-            f"{runner.params['batch_size']}, {runner.params['precision']} (trial {runner.number}) are within the "
-            f"measured spread: 95% intervals {a_low:.3g} to {a_high:.3g} and {b_low:.3g} to {b_high:.3g} "
-            f"gCO2eq per output overlap")
+    return (f"{describe(best.params)} (trial {best.number}) and {describe(runner.params)} (trial "
+            f"{runner.trials[0].number}) are within the measured spread: 95% intervals {a_low:.3g} to {a_high:.3g} "
+            f"and {b_low:.3g} to {b_high:.3g} gCO2eq per output overlap")
+
+
+def describe(params: dict[str, Any]) -> str:
+    """Settings in words: "batch 16, int8" and any other knob searched ("threads 2", "sort_by_length")."""
+    words = [f"batch {params['batch_size']}", str(params["precision"])]
+    for name, value in params.items():
+        if name not in ("batch_size", "precision"):
+            words.append(name if value is True else f"no {name}" if value is False else f"{name} {value}")
+    return ", ".join(words)
 
 
 def _close_orphans(client: Any, study: Any, parent_id: str) -> None:
@@ -132,7 +168,7 @@ def trials_table(study: Any) -> str:
                      OBJECTIVE_METRIC: t.values[0] if t.values else math.nan,
                      "quality": t.user_attrs.get("quality", math.nan),
                      "feasible": t.user_attrs.get("constraint", [math.inf])[0] <= 0,
-                     "run_id": t.user_attrs.get("run_id", ""),
+                     "run_id": t.user_attrs.get("run_id", ""), "role": t.user_attrs.get("strategy_role", ""),
                      "note": t.user_attrs.get("fail_reason")
                      or (f"duplicate of trial {t.user_attrs['duplicate_of']}" if "duplicate_of" in t.user_attrs else "")})
     out = io.StringIO()

@@ -9,15 +9,16 @@ import math
 import os
 from typing import Any
 
-from tracker.child import measure_in_child
+from tracker.child import SharedLoadChild, measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import RunInterrupted, TrackerError
 from tracker.signals import interrupts_raise
 from tracker.tuning.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
                                    record_baseline, wait_for_baseline)
 from tracker.tuning.config import TuneConfig, feasibility
-from tracker.tuning.results import summarize
+from tracker.tuning.results import describe, summarize
 from tracker.tuning.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
+from tracker.tuning.strategies import Space, StructuredSampler, make_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -46,31 +47,35 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     # SIGTERM as well as Ctrl-C unwinds through here, so the parent run always ends.
     with interrupts_raise(), single_sqlite_worker(config.storage):
         storage = open_storage(config)
-        study, created = create_or_load(config, storage, task.higher_is_better)
+        space = config.space(device)
+        new_sampler = lambda: make_sampler(config.strategy, space, seed=config.seed,  # noqa: E731
+                                           n_trials=config.n_trials, pareto=config.objective == "pareto")
+        study, created = create_or_load(config, storage, task.higher_is_better, new_sampler())
         if not created and baseline_failed(client, study):
             # A study whose baseline failed has nothing to compare with: begin it again.
             logger.info("study %s: its baseline failed earlier; measuring it again", study.study_name)
             optuna.delete_study(study_name=study.study_name, storage=storage)
-            study, created = create_or_load(config, storage, task.higher_is_better)
+            study, created = create_or_load(config, storage, task.higher_is_better, new_sampler())
         if created:
             _start_search(client, config, study, task, device)
         study = wait_for_baseline(study)
+        study.sampler = new_sampler()  # the study reloaded while waiting: our sampler, not Optuna's default
         parent_id = study.user_attrs["parent_run_id"]
-        objective = _Objective(client, config, study, parent_id, device)
-        space = len(objective.batch_sizes) * len(objective.precisions)
-        with resumed_run(client, parent_id):  # RUNNING again when a study is resumed; ended as the search ends
+        with resumed_run(client, parent_id), \
+                _Objective(client, config, study, parent_id, space) as objective:  # RUNNING again when resumed
             try:
                 study.optimize(objective, n_trials=MAX_PROPOSALS_PER_TRIAL * config.n_trials,
-                               callbacks=[_StopWhenDone(config.n_trials, space)], catch=(TrialFailed,))
+                               callbacks=[_StopWhenDone(config.n_trials, space.size())], catch=(TrialFailed,))
             finally:
                 summary = summarize(client, study, parent_id)
     return summary
 
 
 class _StopWhenDone:
-    """Stops every worker once the study has ``n_trials`` measured trials (finished or failed), or
-    every setting of the space has finished. Duplicates, pruned without measuring, do not count;
-    a worker also stops after MAX_PROPOSALS_PER_TRIAL x n_trials proposals of its own."""
+    """Stops every worker once the study has ``n_trials`` measured trials (finished or failed),
+    every setting of the space has finished, or the structured strategy has nothing left to learn.
+    Duplicates, pruned without measuring, do not count; a worker also stops after
+    MAX_PROPOSALS_PER_TRIAL x n_trials proposals of its own."""
 
     def __init__(self, n_trials: int, space: int) -> None:
         self.n_trials, self.space = n_trials, space
@@ -81,7 +86,8 @@ class _StopWhenDone:
         states = optuna.trial.TrialState
         measured = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.FAIL))
         finished = {tuple(sorted(t.params.items())) for t in measured if t.state == states.COMPLETE}
-        if len(measured) >= self.n_trials or len(finished) >= self.space:
+        structured_done = isinstance(study.sampler, StructuredSampler) and study.sampler.done(study)
+        if len(measured) >= self.n_trials or len(finished) >= self.space or structured_done:
             study.stop()
 
 
@@ -92,9 +98,10 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
     run = config.run
     tags = {"tracker.tune.study": study.study_name, "tracker.tune.role": "parent",
             "tracker.tune.storage": safe_url(config.storage),
-            "mlflow.note.content": (f"Search of batch size x precision for the lowest {OBJECTIVE_METRIC} "
+            "mlflow.note.content": (f"Search of settings for the lowest {OBJECTIVE_METRIC} "
                                     f"keeping {task.primary_metric} within {config.max_quality_drop:.1%} "
-                                    "of the fp32 reference; trials are nested below.")}
+                                    f"of the fp32 reference ({config.strategy} strategy, knobs "
+                                    f"{', '.join(config.knobs)}); trials are nested below.")}
     launcher = os.environ.get("MLFLOW_RUN_ID")  # set under `mlflow run -e tune`
     if launcher:
         tags["tracker.launcher_run_id"] = launcher
@@ -102,7 +109,9 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
               "n_samples": run.n_samples, "device": device, "objective": config.objective,
               "max_quality_drop": config.max_quality_drop, "n_trials": config.n_trials,
               "batch_sizes": ",".join(map(str, config.batch_sizes())),
-              "precisions": ",".join(config.search_precisions(device)), "study_name": study.study_name}
+              "precisions": ",".join(config.search_precisions(device)), "study_name": study.study_name,
+              "strategy": config.strategy if config.objective == "carbon" else "nsga2",
+              "knobs": ",".join(config.knobs)}
     parent_id = open_run(client, run.experiment_name, f"tune · {study.study_name}", tags, params)
     if launcher:
         client.set_tag(launcher, "mlflow.note.content", f"Launcher of `mlflow run -e tune`: the search's "
@@ -134,34 +143,42 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
 
 class _Objective:
     """Measures one trial's settings in a child process and scores it; every ``baseline_every``
-    trials of this worker, measures the baseline again."""
+    trials of this worker, measures the baseline again. Settings that share a model load are
+    measured in one child process (``SharedLoadChild``); leaving the context ends it."""
 
-    def __init__(self, client: Any, config: TuneConfig, study: Any, parent_id: str, device: str) -> None:
+    def __init__(self, client: Any, config: TuneConfig, study: Any, parent_id: str, space: Space) -> None:
         attrs = study.user_attrs
-        self.client, self.config, self.parent_id = client, config, parent_id
+        self.client, self.config, self.parent_id, self.space = client, config, parent_id, space
         self.reference = float(attrs["reference_quality"])
         self.higher_is_better = bool(attrs["higher_is_better"])
-        self.batch_sizes = config.batch_sizes()
-        self.precisions = config.search_precisions(device)
         # Short windows are noisy: repeat the query phase until the baseline would fill the window.
         baseline_s = float(attrs.get("baseline_duration_s") or config.min_window_s)
         self.repeats = max(config.run.repeats, MIN_WINDOWS, math.ceil(config.min_window_s / max(baseline_s, 1e-3)))
         self.measured = 0
+        self.child = SharedLoadChild(client)
+
+    def __enter__(self) -> _Objective:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.child.close()
 
     def __call__(self, trial: Any) -> float | tuple[float, float]:
         import optuna
 
-        batch_size = trial.suggest_categorical("batch_size", self.batch_sizes)
-        precision = trial.suggest_categorical("precision", self.precisions)
+        settings = {name: trial.suggest_categorical(name, values) for name, values in self.space.choices().items()}
+        role = getattr(trial.study.sampler, "role", lambda number: None)(trial.number)
         tags = {"tracker.tune.study": trial.study.study_name, "tracker.tune.role": "trial",
                 "tracker.tune.trial": str(trial.number), "mlflow.parentRunId": self.parent_id}
+        if role:
+            trial.set_user_attr("strategy_role", role)
+            tags["tracker.tune.strategy_role"] = role
         earlier = _measured_before(trial)
-        if earlier is not None and self.config.run.repeats == 1:
+        if earlier is not None and self.config.run.repeats == 1 and role != "confirm":
             trial.set_user_attr("duplicate_of", earlier.number)
             trial.set_user_attr("constraint", earlier.user_attrs.get("constraint", [math.inf]))
-            raise optuna.TrialPruned(f"batch {batch_size}, {precision} already measured by trial {earlier.number}")
-        config = dataclasses.replace(self.config.run, batch_size=batch_size, precision=precision,
-                                     repeats=self.repeats, progress=False)
+            raise optuna.TrialPruned(f"{describe(settings)} already measured by trial {earlier.number}")
+        config = dataclasses.replace(self.config.run, **settings, repeats=self.repeats, progress=False)
         try:
             result = self._measure(config, tags)
         finally:
@@ -174,7 +191,7 @@ class _Objective:
             trial.set_user_attr("run_id", run_id)
             trial.set_user_attr("fail_reason", result.reason)
             trial.set_user_attr("constraint", [math.inf])
-            raise TrialFailed(f"trial {trial.number} (batch {batch_size}, {precision}): {result.reason}")
+            raise TrialFailed(f"trial {trial.number} ({describe(settings)}): {result.reason}")
         metrics = result.run.data.metrics
         carbon, quality = metrics[OBJECTIVE_METRIC], metrics.get("quality", math.nan)
         constraint = feasibility(quality, self.reference, self.config.max_quality_drop, self.higher_is_better)
@@ -193,12 +210,12 @@ class _Objective:
 
     def _measure(self, config: RunConfig, tags: dict[str, str]) -> Any:
         """One measurement; measured once more when other work contended it, keeping the quieter."""
-        result = measure_in_child(self.client, config, tags)
+        result = self.child.measure(config, tags)
         if result.status != "FINISHED" or result.run.data.tags.get("tracker.measurement.contended") != "true":
             return result
         logger.info("trial measurement %s was contended (%s); measuring it again", result.run.info.run_id,
                     result.run.data.tags.get("tracker.measurement.contended_reason", ""))
-        again = measure_in_child(self.client, config, tags)
+        again = self.child.measure(config, tags)
         if again.status != "FINISHED":
             return result
         share = lambda r: r.run.data.metrics.get("background_cpu_share", math.inf)  # noqa: E731
@@ -210,7 +227,7 @@ class _Objective:
     def _remeasure_baseline(self, study: Any) -> None:
         """The baseline again, between trials, so that it drifts with them; a failure is logged
         and leaves the earlier measurements in use."""
-        result = measure_in_child(self.client, baseline_config(self.config.run), {
+        result = self.child.measure(baseline_config(self.config.run), {
             "tracker.tune.study": study.study_name, "tracker.tune.role": "baseline",
             "tracker.tune.baseline": "remeasured", "mlflow.parentRunId": self.parent_id})
         if result.status == "FINISHED":

@@ -1,4 +1,4 @@
-"""The study's database: opened with heartbeats, one worker at a time on SQLite, and its sampler."""
+"""The study's database: opened with heartbeats, one worker at a time on SQLite."""
 
 from __future__ import annotations
 
@@ -66,12 +66,12 @@ def open_storage(config: TuneConfig, attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
-def create_or_load(config: TuneConfig, storage: Any, higher_is_better: bool) -> tuple[Any, bool]:
+def create_or_load(config: TuneConfig, storage: Any, higher_is_better: bool, sampler: Any) -> tuple[Any, bool]:
+    """The study, created or found; ``sampler`` is the strategy's (``strategies.make_sampler``)."""
     import optuna
 
     directions = (["minimize"] if config.objective == "carbon"
                   else ["minimize", "maximize" if higher_is_better else "minimize"])
-    sampler = _sampler(config)
     try:
         study = optuna.create_study(study_name=config.name, storage=storage, sampler=sampler,
                                     directions=directions)
@@ -83,15 +83,6 @@ def create_or_load(config: TuneConfig, storage: Any, higher_is_better: bool) -> 
                               f"{'pareto' if len(study.directions) == 2 else 'carbon'}; pass that "
                               "--objective or another --study-name") from None
         return study, False
-
-
-def _sampler(config: TuneConfig) -> Any:
-    """TPE (NSGA-II for pareto); both read the constraint each trial sets (Trial.set_constraint)."""
-    import optuna
-
-    if config.objective == "pareto":
-        return optuna.samplers.NSGAIISampler(seed=config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(5, config.n_trials))
 
 
 def safe_url(url: str) -> str:
