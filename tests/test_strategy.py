@@ -162,3 +162,52 @@ def test_sorting_by_length_puts_predictions_back_in_order():
     assert unsort(predictions, order) == [f"out:{v}" for v in inputs]
     with pytest.raises(ConfigError, match="--sort-by-length needs text inputs"):
         length_order(get_task("image-classification"), [object()])
+
+
+RUN = ["--task", "text-classification", "--model", "builtin-tiny", "--dataset", "builtin", "--n-samples", "24",
+       "--batch-size", "4", "--country", "FRA", "--no-progress"]
+
+
+def _predictions(client, run):
+    import pathlib
+
+    return pathlib.Path(client.download_artifacts(run.info.run_id, "predictions_sample.csv")).read_text()
+
+
+def test_run_knobs_are_applied_logged_and_sorting_keeps_predictions_beside_their_inputs(cli, client):
+    from conftest import all_runs
+
+    code, _, err = cli("run", *RUN)
+    assert code == 0, err
+    code, _, err = cli("run", *RUN, "--threads", "1", "--sort-by-length", "--attention", "eager")
+    assert code == 0, err
+    plain, knobs = sorted(all_runs(client), key=lambda r: r.info.start_time)
+    assert knobs.data.params["threads"] == "1" and knobs.data.params["attention"] == "eager"
+    assert knobs.data.params["sort_by_length"] == "True"
+    assert plain.data.params["attention"] == "sdpa" and "sort_by_length" not in plain.data.params
+    # sorted batches, predictions put back: the same predictions beside the same inputs, the same quality
+    assert _predictions(client, knobs) == _predictions(client, plain)
+    assert knobs.data.metrics["accuracy"] == plain.data.metrics["accuracy"]
+    assert knobs.data.tags["tracker.config_key"] != plain.data.tags["tracker.config_key"]
+
+
+def test_compile_happens_in_the_warm_up_and_the_run_says_so(cli, client):
+    from conftest import all_runs
+
+    code, _, err = cli("run", *RUN, "--compile")
+    assert code == 0, err
+    [run] = all_runs(client)
+    assert run.data.params["compile"] == "True"
+    assert run.data.params["warmup"] == "3"  # first call, then the first new shape: both before measuring
+    assert run.data.metrics["energy_kwh"] > 0 and run.data.metrics["quality"] >= 0
+
+
+def test_sorting_inputs_that_are_not_text_is_refused_before_any_run(cli, client):
+    from conftest import all_runs
+
+    code, _, err = cli("run", "--task", "image-classification", "--model", "builtin-tiny", "--dataset", "builtin",
+                       "--n-samples", "4", "--sort-by-length", "--no-progress")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert "--sort-by-length needs text inputs" in line
+    assert not all_runs(client)

@@ -197,6 +197,10 @@ def test_structured_search_shares_model_loads_and_searches_the_knobs_asked_for(c
     assert parent.data.params["strategy"] == "structured"
     assert parent.data.params["knobs"] == "batch_size,precision,threads,sort_by_length"
     assert {"tracker.tune.best.threads", "tracker.tune.best.sort_by_length"} <= set(parent.data.tags)
+    [baseline] = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.role") == "baseline"
+                  and "tracker.tune.baseline" not in r.data.tags]
+    if baseline.data.tags["tracker.energy.cpu.method"].startswith("modelled"):  # no RAPL: say what threads' gain may be
+        assert "load curve" in parent.data.tags["tracker.tune.threads_note"]
     assert "carbon_reduction_x" in out
 
 

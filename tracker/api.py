@@ -71,9 +71,10 @@ def run(*, task: str, tags: dict[str, str] | None = None, **options: Any) -> Run
 
 
 def tune(*, task: str, **options: Any) -> TuneResult:
-    """Search batch size and precision for the lowest carbon per output that keeps quality
-    (``tracker tune``); options are its flags by their Python names (``n_trials``,
-    ``max_batch_size``, ``precisions`` as a list, ``max_quality_drop``, ``storage``, ...)."""
+    """Search batch size, precision and the other knobs asked for, for the lowest carbon per output
+    that keeps quality (``tracker tune``); options are its flags by their Python names
+    (``n_trials``, ``max_batch_size``, ``precisions`` and ``knobs`` as lists, ``strategy``,
+    ``max_quality_drop``, ``storage``, ...)."""
     from tracker.cli import TUNE_FLAGS
     from tracker.tuning import tune as search
     from tracker.tuning.config import parse_tune_config

@@ -209,15 +209,22 @@ def serve() -> int:
     """The child's side: read one run a line ({"config": ..., "tags": ...}) from stdin, measure it
     keeping the model loaded, answer one line on the original stdout ({"status", "run_id" or
     "error"}). Anything else printed to stdout goes to stderr, so it cannot break the exchange."""
-    from tracker.errors import RunInterrupted, TrackerError
-    from tracker.session import measure
-
     logging.basicConfig(level=logging.WARNING, format="tracker: %(levelname)s: %(message)s")
     logging.getLogger("tracker").setLevel(logging.INFO)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     kept: dict[tuple[Any, ...], Any] = {}
+    try:
+        return _serve(answers, kept)
+    except KeyboardInterrupt:  # between runs: nothing open to end
+        return 128 + signal.SIGINT
+
+
+def _serve(answers: Any, kept: dict[tuple[Any, ...], Any]) -> int:
+    from tracker.errors import RunInterrupted, TrackerError
+    from tracker.session import measure
+
     for line in sys.stdin:
         request = json.loads(line)
         try:

@@ -11,7 +11,7 @@ from typing import Any
 
 from tracker.pareto import pareto_front
 from tracker.stats import Spread, pooled, ratio_interval
-from tracker.tuning.strategies import key
+from tracker.tuning.strategies import KNOBS, key
 from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, stored_spread
 
 
@@ -132,8 +132,9 @@ def _tie(study: Any, best: Any) -> str | None:
 def describe(params: dict[str, Any]) -> str:
     """Settings in words: "batch 16, int8" and any other knob searched ("threads 2", "sort_by_length")."""
     words = [f"batch {params['batch_size']}", str(params["precision"])]
-    for name, value in params.items():
-        if name not in ("batch_size", "precision"):
+    for name in KNOBS[2:]:
+        if name in params:
+            value = params[name]
             words.append(name if value is True else f"no {name}" if value is False else f"{name} {value}")
     return ", ".join(words)
 

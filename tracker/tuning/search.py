@@ -134,6 +134,15 @@ def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device
         raise TrackerError(f"the baseline run (batch 1, fp32) of study '{study.study_name}' failed, so there is "
                            f"no quality to keep: {result.reason}. The same command measures it again")
     metrics = result.run.data.metrics
+    cpu_method = result.run.data.tags.get("tracker.energy.cpu.method", "")
+    if "threads" in config.knobs and cpu_method.startswith("modelled"):
+        # Fewer threads lower the machine's load, and a load-curve model lowers the modelled power
+        # with it: a gain a counter might not show. Said where the result is read.
+        note = ("threads searched with modelled CPU power (no RAPL): fewer threads lower the modelled power "
+                "through its load curve, so a gain from fewer threads may be the model's; confirm it on a "
+                "machine with a CPU energy counter")
+        logger.warning(note)
+        client.set_tag(parent_id, "tracker.tune.threads_note", note)
     record_baseline(study, result.run)
     study.set_user_attr("baseline_run_id", result.run.info.run_id)
     study.set_user_attr("baseline_duration_s", metrics["duration_s"])

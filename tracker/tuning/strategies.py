@@ -19,6 +19,7 @@ proposed again). ``plan`` is a pure function of the measurements, also replayed 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -264,7 +265,9 @@ def make_sampler(strategy: str, space: Space, *, seed: int | None, n_trials: int
     if strategy == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))
     if strategy == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(5, n_trials))
+        with warnings.catch_warnings():  # marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(5, n_trials))
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if strategy == "grid":
