@@ -100,13 +100,18 @@ def _relay(command: list[str]) -> tuple[int, str]:
                 if line.strip():
                     last = line.strip()
         except BaseException:  # interrupted: the child ends its run KILLED, with its energy, then we go
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            _terminate(child, signal.SIGTERM)
             raise
     return child.returncode, error or last
+
+
+def _terminate(process: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """Signal a child and wait for it (it ends its open run first); killed if it takes 2 minutes."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 class SharedLoadChild:
@@ -144,13 +149,14 @@ class SharedLoadChild:
         except BrokenPipeError:
             line = ""
         except BaseException:  # interrupted: the child ends its run KILLED, with its energy, then we go
-            self._stop(signal.SIGTERM)
+            _terminate(self.process, signal.SIGTERM)
+            self.process = None
             raise
         if line:
             reply = json.loads(line)
             code, reason = (0, "") if reply["status"] == "FINISHED" else (1, reply.get("error", ""))
         else:  # the process died while measuring
-            code, reason = self.process.wait(), ""
+            code = self.process.wait()
             self._stderr_thread.join(timeout=5)
             reason = self.last_line
             self.process = None
@@ -180,17 +186,7 @@ class SharedLoadChild:
             self.process.stdin.close()
             self.process.wait(timeout=120)
         except (BrokenPipeError, subprocess.TimeoutExpired):
-            self._stop(signal.SIGKILL)
-        self.process = None
-
-    def _stop(self, sig: signal.Signals) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+            _terminate(self.process, signal.SIGKILL)
         self.process = None
 
 
@@ -209,9 +205,9 @@ def serve() -> int:
     """The child's side: read one run a line ({"config": ..., "tags": ...}) from stdin, measure it
     keeping the model loaded, answer one line on the original stdout ({"status", "run_id" or
     "error"}). Anything else printed to stdout goes to stderr, so it cannot break the exchange."""
-    logging.basicConfig(level=logging.WARNING, format="tracker: %(levelname)s: %(message)s")
-    logging.getLogger("tracker").setLevel(logging.INFO)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    from tracker.cli import configure_logging
+
+    configure_logging()
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     kept: dict[tuple[Any, ...], Any] = {}

@@ -167,12 +167,17 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
+    with signals_restored():
+        return _command(args)
+
+
+def configure_logging() -> None:
+    """Our log lines as `tracker: LEVEL: message`, for the CLI and the processes it starts."""
     logging.basicConfig(level=logging.WARNING, format="tracker: %(levelname)s: %(message)s")
     logging.getLogger("tracker").setLevel(logging.INFO)
     # MLflow logs a store's failed write with its traceback before raising it; we say it in one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    with signals_restored():
-        return _command(args)
 
 
 def _command(args: argparse.Namespace) -> int:

@@ -55,6 +55,13 @@ def stored_spread(stored: dict[str, Any] | None) -> Spread:
     return Spread(stored.get("mean", math.nan), stored.get("std", math.nan), stored.get("n", 0))
 
 
+def trial_spread(trial: Any) -> Spread:
+    """A finished trial's carbon spread as stored on it; its objective value alone (no spread) for a
+    trial stored without one."""
+    spread = stored_spread(trial.user_attrs.get("carbon"))
+    return spread if spread.n else Spread(float(trial.values[0]), math.nan, 1)
+
+
 def baseline_failed(client: Any, study: Any) -> bool:
     """The study's creator ended its parent run without storing a baseline: it failed or died."""
     attrs = study.user_attrs

@@ -12,7 +12,7 @@ from typing import Any
 from tracker.pareto import pareto_front
 from tracker.stats import Spread, pooled, ratio_interval
 from tracker.tuning.strategies import KNOBS, key
-from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, stored_spread
+from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, trial_spread
 
 
 def feasible_trials(study: Any) -> list[Any]:
@@ -47,14 +47,9 @@ def ranked_settings(trials: list[Any]) -> list[SettingFigures]:
     groups: dict[tuple, list[Any]] = {}
     for trial in trials:
         groups.setdefault(key(trial.params), []).append(trial)
-    settings = [SettingFigures(dict(k), pooled([_spread(t) for t in group]), sorted(group, key=lambda t: t.number))
-                for k, group in groups.items()]
+    settings = [SettingFigures(dict(k), pooled([trial_spread(t) for t in group]),
+                               sorted(group, key=lambda t: t.number)) for k, group in groups.items()]
     return sorted(settings, key=lambda s: s.carbon.mean)
-
-
-def _spread(trial: Any) -> Spread:
-    spread = stored_spread(trial.user_attrs.get("carbon"))
-    return spread if spread.n else Spread(trial.values[0], math.nan, 1)
 
 
 def _front(trials: list[Any], study: Any) -> list[Any]:
@@ -69,6 +64,7 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
 
     _close_orphans(client, study, parent_id)
     attrs = study.user_attrs
+    feasible = feasible_trials(study)
     best = best_trials(study)
     baseline = baseline_spread(study)
     summary: dict[str, Any] = {"study": study.study_name, "trials": len(study.trials),
@@ -80,11 +76,11 @@ def summarize(client: Any, study: Any, parent_id: str) -> dict[str, Any]:
                "baseline_measurements": float(summary["baseline_measurements"]),
                "reference_quality": float(attrs.get("reference_quality", math.nan)),
                "trials_total": float(len(study.trials)),
-               "trials_feasible": float(len(feasible_trials(study)))}
+               "trials_feasible": float(len(feasible))}
     tags = {}
     if best:
         top = best[0]
-        top_spread = ranked_settings([t for t in feasible_trials(study) if t.params == top.params])[0].carbon
+        top_spread = pooled([trial_spread(t) for t in feasible if t.params == top.params])
         carbon = top_spread.mean if len(study.directions) == 1 else top.values[0]
         ratio, low, high = ratio_interval(baseline, top_spread)
         summary.update(best_params=top.params, best_trial=top.number, best_emissions_g_per_output=carbon,

@@ -195,7 +195,7 @@ def measured_of(trials: Sequence[Any], *, exclude: int | None = None) -> list[Me
     they kept quality), failed, and running (another worker's)."""
     import optuna
 
-    from tracker.tuning.baseline import stored_spread
+    from tracker.tuning.baseline import trial_spread
 
     states = optuna.trial.TrialState
     seen = []
@@ -203,8 +203,7 @@ def measured_of(trials: Sequence[Any], *, exclude: int | None = None) -> list[Me
         if trial.number == exclude or not trial.params:
             continue
         if trial.state == states.COMPLETE:
-            spread = stored_spread(trial.user_attrs.get("carbon")) if "carbon" in trial.user_attrs else Spread(
-                float(trial.values[0]), math.nan, 1)
+            spread = trial_spread(trial)
             feasible = (trial.user_attrs.get("constraint") or [math.inf])[0] <= 0
             seen.append(Measured(dict(trial.params), spread, feasible))
         elif trial.state == states.FAIL:
