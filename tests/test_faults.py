@@ -504,6 +504,25 @@ def test_report_output_onto_a_file_or_a_read_only_folder_is_one_line(cli, client
 
 
 @pytest.mark.slow
+def test_a_child_whose_parent_dies_closes_its_run_through_repeated_signals_and_a_dead_stderr(client):
+    """A study's or a search's measured child gets SIGTERM when its parent dies, and again each time
+    the kernel hands it to another of the dying parent's threads, while its stderr is a pipe nobody
+    reads any more. Its run still ends KILLED with its energy, and the process exits."""
+    from tracker.signals import die_with_parent
+
+    with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), preexec_fn=die_with_parent) as process:
+        measuring = _wait_for_heartbeat(client, process)
+        process.stderr.close()  # the dead parent's end of the pipe
+        for _ in range(6):  # a parent of 6 threads: spaced so that they arrive one by one, as the kernel's do
+            os.kill(process.pid, signal.SIGTERM)
+            time.sleep(0.05)
+        process.wait(timeout=300)  # (exit 143, or SIGTERM's own death from a repeat that lands after the closing)
+    run = client.get_run(measuring.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["tracker.interrupted_by"] == "SIGTERM"
+    assert run.data.metrics["energy_kwh"] > 0 and run.data.metrics["inferences_measured"] > 0
+
+
+@pytest.mark.slow
 def test_two_quick_ctrl_c_end_the_run_killed_with_its_energy(client):
     with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5")) as process:
         measuring = _wait_for_heartbeat(client, process)

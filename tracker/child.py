@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.config import RunConfig, flag
+from tracker.signals import die_with_parent, say
 from tracker.tracking import end_run, failed_run
 
 
@@ -89,7 +90,7 @@ def _relay(command: list[str]) -> tuple[int, str]:
     such as a traceback's exception)."""
     error = last = ""
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
-                          preexec_fn=_die_with_parent) as child:
+                          preexec_fn=die_with_parent) as child:
         assert child.stderr is not None
         try:
             for line in child.stderr:
@@ -165,7 +166,7 @@ class SharedLoadChild:
     def _start(self) -> None:
         self.process = subprocess.Popen(serve_command(), stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                                        preexec_fn=_die_with_parent)
+                                        preexec_fn=die_with_parent)
         self.last_line = ""
         self._stderr_thread = threading.Thread(target=self._relay_stderr, args=(self.process,), daemon=True)
         self._stderr_thread.start()
@@ -229,26 +230,18 @@ def _serve(answers: Any, kept: dict[tuple[Any, ...], Any]) -> int:
             result = measure(config, tags=request["tags"], kept=kept)
             reply = {"status": "FINISHED", "run_id": result.run_id}
         except RunInterrupted as err:
-            print(f"tracker: run {err}; logged as KILLED with the energy measured so far", file=sys.stderr)
+            say(f"tracker: run {err}; logged as KILLED with the energy measured so far")
             return 128 + getattr(signal, err.signal_name)
         except TrackerError as err:
             reply = {"status": "FAILED", "error": str(err)}
         except Exception as err:  # the run is FAILED with it; the next setting may still work
             logging.getLogger(__name__).exception("run failed")
             reply = {"status": "FAILED", "error": f"{type(err).__name__}: {err}"}
-        answers.write(json.dumps(reply) + "\n")
+        try:
+            answers.write(json.dumps(reply) + "\n")
+        except BrokenPipeError:  # the parent is gone (its death signal ends us soon): the run is closed
+            return 1
     return 0
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies (Linux), so a killed study or search does
-    not leave a run measuring on its own; the run then ends KILLED with its partial energy."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _find_attempt(client: Any, config: RunConfig, attempt: str) -> Any:

@@ -14,7 +14,7 @@ import sys
 
 from tracker.config import RunConfig, boolean
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
-from tracker.signals import signals_restored
+from tracker.signals import say, signals_restored
 
 # Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
 RUN_FLAGS = {
@@ -200,8 +200,8 @@ def _command(args: argparse.Namespace) -> int:
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
         return 2
-    except RunInterrupted as err:
-        print(f"tracker: run {err}; logged as KILLED with the energy measured so far", file=sys.stderr)
+    except RunInterrupted as err:  # (said safely: a study's child may outlive the stderr it was given)
+        say(f"tracker: run {err}; logged as KILLED with the energy measured so far")
         return 128 + getattr(signal, err.signal_name)
     except KeyboardInterrupt:  # before any run was made (loading a model, reading records)
         print("tracker: interrupted by SIGINT before a run was open; nothing was recorded", file=sys.stderr)

@@ -6,10 +6,18 @@ the first are held while that happens: a second Ctrl-C, or the SIGTERM that `mlf
 child right after the terminal's SIGINT, would otherwise cut the closing short and leave the run
 FAILED without its energy, or RUNNING. Closing is bounded (MLflow's retries are, and a lost store
 spools), but a user who insists gets out: the QUIT_AFTER-th held signal ends the process at once.
+
+Measured children (`tracker run` under a study, a search's shared-load child) get SIGTERM when
+their parent dies (``die_with_parent``). The kernel sends it again each time the orphan passes to
+another of the dying parent's threads (1 to 8 times for a parent of 8 threads, seen here), so in
+such a child a repeated SIGTERM is not a user insisting: it is neither counted nor answered. And
+their stderr may be a pipe to the dead parent: what is said while closing must not break it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -21,6 +29,8 @@ from tracker.errors import RunInterrupted
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 QUIT_AFTER = 3  # held signals after the first: the third ends the process without closing the run
+PARENT_DEATH_SIGNAL = signal.SIGTERM
+_PR_SET_PDEATHSIG, _PR_GET_PDEATHSIG = 1, 2
 
 
 class _Stopping:
@@ -83,17 +93,54 @@ def defer_interrupts() -> Callable[[], None]:
 
 
 def _hold(signum: int, frame: object) -> None:
+    if signum == PARENT_DEATH_SIGNAL and _ARMED_FOR_PARENT_DEATH:
+        return  # the kernel repeating the parent's death (or the parent ending us), not a user insisting
     _state.held += 1
     name = signal.Signals(signum).name
     if _state.held >= QUIT_AFTER:
-        print(f"tracker: {name} again: quitting without closing the run (the next command closes it "
-              "FAILED, with what its heartbeat logged)", file=sys.stderr, flush=True)
+        say(f"tracker: {name} again: quitting without closing the run (the next command closes it "
+            "FAILED, with what its heartbeat logged)")
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
     if _state.held == 1:
-        print(f"tracker: {name} while stopping after {_state.first}: closing the run with the energy "
-              f"measured so far first ({QUIT_AFTER - 1} more to quit at once)", file=sys.stderr, flush=True)
+        say(f"tracker: {name} while stopping after {_state.first}: closing the run with the energy "
+            f"measured so far first ({QUIT_AFTER - 1} more to quit at once)")
+
+
+def say(line: str) -> None:
+    """One line on stderr that cannot fail: stderr may be a pipe to a parent that is gone."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _prctl() -> Callable[..., int] | None:
+    """Linux's prctl, looked up here, not in a forked child (dlopen there can deadlock)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _prctl()
+
+
+def die_with_parent() -> None:
+    """Run in a child before it starts (``preexec_fn``): PARENT_DEATH_SIGNAL when the parent dies
+    (Linux), so a killed study or search does not leave a run measuring on its own; the run then
+    ends KILLED with its partial energy."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL)
+
+
+def _armed_for_parent_death() -> bool:
+    """Whether this process was started by ``die_with_parent``."""
+    armed = ctypes.c_int(0)
+    return _PRCTL is not None and _PRCTL(_PR_GET_PDEATHSIG, ctypes.byref(armed)) == 0 \
+        and armed.value == PARENT_DEATH_SIGNAL
+
+
+_ARMED_FOR_PARENT_DEATH = _armed_for_parent_death()  # read once, not from inside a signal handler
 
 
 @contextmanager
