@@ -1,26 +1,15 @@
-"""A study: every model x dataset of a definition in experiments/, each as its own measured run.
-
-Each run happens in a child process (``tracker run``), so a model that crashes the interpreter
-(SIGILL, a segfault, the OOM killer) fails alone. Combinations that already have a FINISHED run
-with the same measured configuration (tag ``tracker.config_key``) and no fallback are skipped
-unless ``force``. A run that fails is recorded FAILED with its reason, also when it failed before
-``tracker run`` could create it, and the study goes on.
-"""
+"""A study definition (YAML in experiments/): its task, models, datasets and shared params, read
+and checked whole before any run."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from tracker.child import measure_in_child
 from tracker.config import RunConfig
 from tracker.errors import ConfigError
 
-logger = logging.getLogger(__name__)
-
-Status = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED"]
 _DEFINITION_KEYS = {"task", "models", "datasets", "params", "description", "experiment"}
 
 
@@ -36,16 +25,6 @@ class StudyDefinition:
     task: str
     combinations: list[Combination]
     description: str = ""
-
-
-@dataclass
-class Outcome:
-    combination: Combination
-    status: Status
-    run_id: str | None = None
-    reason: str = ""
-    seconds: float = 0.0
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def load_definition(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyDefinition:
@@ -122,44 +101,3 @@ def _check_types(path: Path, raw: dict[str, Any]) -> None:
 
 def _text(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, bool)) else str(value)
-
-
-def run_study(definition: StudyDefinition, *, force: bool = False) -> list[Outcome]:
-    """Run every combination in turn; never stops early for a failed one."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    outcomes = []
-    total = len(definition.combinations)
-    for number, combination in enumerate(definition.combinations, 1):
-        prefix = f"[{number}/{total}] {combination.label}"
-        done = None if force else finished_run(client, combination.config)
-        if done is not None:
-            logger.info("%s: skipped, FINISHED already as run %s (--force to measure again)", prefix, done)
-            outcomes.append(Outcome(combination, "SKIPPED", done, "already FINISHED"))
-            continue
-        logger.info("%s: running", prefix)
-        outcome = _run_one(client, definition, combination)
-        logger.info("%s: %s in %.0f s%s", prefix, outcome.status, outcome.seconds,
-                    f" ({outcome.reason})" if outcome.reason else "")
-        outcomes.append(outcome)
-    return outcomes
-
-
-def finished_run(client: Any, config: RunConfig) -> str | None:
-    """The id of a FINISHED run of this exact configuration that used what it asked for."""
-    experiment = client.get_experiment_by_name(config.experiment_name)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=(f"tags.`tracker.config_key` = '{config.key()}' and attributes.status = 'FINISHED'"),
-        max_results=50)
-    return next((r.info.run_id for r in runs if r.data.tags.get("tracker.run.fallback") != "true"), None)
-
-
-def _run_one(client: Any, definition: StudyDefinition, combination: Combination) -> Outcome:
-    result = measure_in_child(client, combination.config, {"tracker.study.name": definition.name})
-    metrics = result.run.data.metrics if result.status == "FINISHED" else {}
-    return Outcome(combination, result.status, result.run.info.run_id, result.reason,  # type: ignore[arg-type]
-                   result.seconds, metrics)

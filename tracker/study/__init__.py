@@ -1,0 +1,114 @@
+"""A study: every model x dataset of a definition in experiments/, each as its own measured run.
+
+Each run happens in a child process (``tracker run``), so a model that crashes the interpreter
+(SIGILL, a segfault, the OOM killer) fails alone. Combinations that already have a FINISHED run
+with the same measured configuration (tag ``tracker.config_key``) and no fallback are skipped
+unless ``force``. A run that fails is recorded FAILED with its reason, also when it failed before
+``tracker run`` could create it, and the study goes on.
+
+Where the runs happen is the executor's business, behind one small interface (a function that
+measures the pending combinations and yields each outcome as it ends): ``local`` measures them
+one after another on this machine; ``ray`` spreads them over a Ray cluster, one measurement per
+node (or per GPU) at a time (``tracker.study.on_ray``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tracker.config import RunConfig
+from tracker.study.definition import Combination, StudyDefinition, load_definition
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["FINISHED", "FAILED", "KILLED", "SKIPPED"]
+EXECUTORS = ("local", "ray")
+
+__all__ = ["Combination", "Outcome", "StudyDefinition", "load_definition", "run_study", "finished_run"]
+
+
+@dataclass
+class Outcome:
+    combination: Combination
+    status: Status
+    run_id: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    node: str = ""  # where it was measured, for executors with several machines
+
+
+Pending = list[tuple[int, Combination]]  # (number in the definition, combination)
+Executor = Callable[[Any, StudyDefinition, Pending, "Progress"], Iterator[tuple[int, Outcome]]]
+
+
+class Progress:
+    """The study's progress in the log: combinations done, running and failed, as each one moves."""
+
+    def __init__(self, total: int, done: int) -> None:
+        self.total, self.done, self.running, self.failed = total, done, 0, 0
+
+    def started(self, combination: Combination, where: str = "") -> None:
+        self.running += 1
+        logger.info("%s %s: running%s", self._counts(), combination.label, f" on {where}" if where else "")
+
+    def ended(self, outcome: Outcome, retrying: bool = False) -> None:
+        self.running -= 1
+        if not retrying:
+            self.done += 1
+            self.failed += outcome.status in ("FAILED", "KILLED")
+        logger.info("%s %s: %s in %.0f s%s%s%s", self._counts(), outcome.combination.label, outcome.status,
+                    outcome.seconds, f" on {outcome.node}" if outcome.node else "",
+                    f" ({outcome.reason})" if outcome.reason else "", "; trying it once more elsewhere" if retrying else "")
+
+    def _counts(self) -> str:
+        return f"[{self.done}/{self.total} done, {self.running} running, {self.failed} failed]"
+
+
+def run_study(definition: StudyDefinition, *, force: bool = False, executor: str = "local",
+              address: str | None = None, per_node: int = 1) -> list[Outcome]:
+    """Measure every combination not measured yet (all with ``force``) through the executor; never
+    stops early for a failed one. Outcomes come back in the definition's order."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    outcomes: dict[int, Outcome] = {}
+    pending: Pending = []
+    for number, combination in enumerate(definition.combinations, 1):
+        done = None if force else finished_run(client, combination.config)
+        if done is None:
+            pending.append((number, combination))
+            continue
+        logger.info("%s: skipped, FINISHED already as run %s (--force to measure again)", combination.label, done)
+        outcomes[number] = Outcome(combination, "SKIPPED", done, "already FINISHED")
+    progress = Progress(len(definition.combinations), done=len(outcomes))
+    if executor == "ray":
+        from tracker.study.on_ray import ray_executor
+
+        measure: Executor = ray_executor(address=address, per_node=per_node)
+    else:
+        from tracker.study.local import measure_locally as measure
+    for number, outcome in measure(client, definition, pending, progress):
+        outcomes[number] = outcome
+    return [outcomes[n] for n in sorted(outcomes)]
+
+
+def finished_run(client: Any, config: RunConfig) -> str | None:
+    """The id of a FINISHED run of this exact configuration that used what it asked for."""
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(f"tags.`tracker.config_key` = '{config.key()}' and attributes.status = 'FINISHED'"),
+        max_results=50)
+    return next((r.info.run_id for r in runs if r.data.tags.get("tracker.run.fallback") != "true"), None)
+
+
+def outcome_of(combination: Combination, result: Any, node: str = "") -> Outcome:
+    """A study outcome from a child's result (``tracker.child.ChildResult``)."""
+    metrics = result.run.data.metrics if result.status == "FINISHED" else {}
+    return Outcome(combination, result.status, result.run.info.run_id, result.reason, result.seconds, metrics, node)

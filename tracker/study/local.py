@@ -1,0 +1,19 @@
+"""The local executor: a study's combinations measured one after another on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from tracker.child import measure_in_child
+from tracker.study import Outcome, Pending, Progress, StudyDefinition, outcome_of
+
+
+def measure_locally(client: Any, definition: StudyDefinition, pending: Pending,
+                    progress: Progress) -> Iterator[tuple[int, Outcome]]:
+    for number, combination in pending:
+        progress.started(combination)
+        result = measure_in_child(client, combination.config, {"tracker.study.name": definition.name})
+        outcome = outcome_of(combination, result)
+        progress.ended(outcome)
+        yield number, outcome
