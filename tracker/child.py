@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +47,17 @@ def run_command(config: RunConfig, tags: dict[str, str]) -> list[str]:
     return command
 
 
-def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str]) -> ChildResult:
+def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str], attempt: str | None = None,
+                     on_start: Callable[[subprocess.Popen[str]], None] | None = None) -> ChildResult:
     """Run the config in a child process. Every attempt leaves one run: a run that died with its
     process is closed FAILED, and a process that failed before making its run gets a FAILED one
-    with the requested params (``tracker.run.started=false``)."""
-    attempt = uuid.uuid4().hex
+    with the requested params (``tracker.run.started=false``). ``attempt`` (tag ``tracker.attempt``)
+    lets a caller that may lose this process find its run (``close_lost_attempt``); ``on_start`` is
+    handed the child process once it runs (to stop it: SIGTERM ends its run KILLED)."""
+    attempt = attempt or uuid.uuid4().hex
     tags = tags | {"tracker.attempt": attempt}
     started = time.monotonic()
-    code, last_line = _relay(run_command(config, tags))
+    code, last_line = _relay(run_command(config, tags), on_start)
     return _result(client, config, tags, attempt, code, last_line, time.monotonic() - started)
 
 
@@ -75,6 +79,26 @@ def _result(client: Any, config: RunConfig, tags: dict[str, str], attempt: str, 
     return ChildResult(run, status, run.data.tags.get("tracker.error", reason), seconds)
 
 
+def close_lost_attempt(client: Any, config: RunConfig, tags: dict[str, str], attempt: str, reason: str, *,
+                       wait_s: float = 15.0, record_missing: bool = True) -> str | None:
+    """After the process measuring ``attempt`` was lost with its machine: its run closed FAILED with
+    ``reason`` if it is still RUNNING after ``wait_s`` (a child that outlived its parent closes its
+    own run KILLED, with its energy, within seconds), else tagged with the reason; with no run,
+    one FAILED with the requested params when ``record_missing``. Returns the run's id."""
+    deadline = time.monotonic() + wait_s
+    run = _find_attempt(client, config, attempt)
+    while run is not None and run.info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(1.0)
+        run = client.get_run(run.info.run_id)
+    if run is None:
+        return _record_failed_start(client, config, tags | {"tracker.attempt": attempt}, reason) if record_missing else None
+    if run.info.status == "RUNNING":
+        end_run(client, run.info.run_id, "FAILED", {"tracker.error": reason})
+    elif "tracker.error" not in run.data.tags:
+        client.set_tag(run.info.run_id, "tracker.error", reason)
+    return run.info.run_id
+
+
 def _record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], reason: str) -> str:
     """A FAILED run for a configuration whose process failed before it could make its run."""
     requested = {k: v for k, v in config.as_dict().items()
@@ -84,7 +108,7 @@ def _record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], r
                       tags | {"tracker.config_key": config.key(), "tracker.run.started": "false"}, requested, reason)
 
 
-def _relay(command: list[str]) -> tuple[int, str]:
+def _relay(command: list[str], on_start: Callable[[subprocess.Popen[str]], None] | None = None) -> tuple[int, str]:
     """Run the child, passing its stderr through but for its one-line error, which the caller
     reports; its exit code and the line that says why it failed (that error, else the last line,
     such as a traceback's exception)."""
@@ -92,6 +116,8 @@ def _relay(command: list[str]) -> tuple[int, str]:
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
                           preexec_fn=die_with_parent) as child:
         assert child.stderr is not None
+        if on_start is not None:
+            on_start(child)
         try:
             for line in child.stderr:
                 if line.startswith("tracker: error:"):  # the caller says it, with what failed: once

@@ -12,7 +12,7 @@ import math
 import signal
 import sys
 
-from tracker.config import RunConfig, boolean
+from tracker.config import RunConfig, _integer, boolean
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
 from tracker.signals import say, signals_restored
 
@@ -72,6 +72,17 @@ TUNE_FLAGS = {
 }
 
 
+# Where a study's runs, or a search's workers, happen: (flag, help).
+EXECUTOR_FLAGS = {
+    "executor": "local (default: one after another on this machine) or ray (spread over a Ray cluster, "
+                "one measurement per node at a time)",
+    "address": "the Ray cluster's HOST:PORT (default: RAY_ADDRESS, else the cluster `ray start --head` started here)",
+    "per_node": "measurements at a time on one Ray node, or per GPU on a GPU node (default 1; more disturb "
+                "each other's figures, and their runs are tagged tracker.executor.per_node)",
+}
+WORKERS_FLAG = {"workers": "tune workers of one study, started as Ray tasks with --executor ray (default 1)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure again combinations that already have a FINISHED run")
     study.add_argument("--n-samples", help="override the definition's n_samples (e.g. for a quick try)")
     study.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    _add_flags(study, EXECUTOR_FLAGS)
 
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
     _add_flags(tune, {k: v for k, v in RUN_FLAGS.items() if k not in ("batch_size", "precision")})
     _add_flags(tune, TUNE_FLAGS)
+    _add_flags(tune, EXECUTOR_FLAGS | WORKERS_FLAG)
     _add_switches(tune)
     _add_trust_flag(tune)
 
@@ -167,6 +180,8 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "tune":  # as typed: workers started on a cluster get it less the executor's flags
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     configure_logging()
     with signals_restored():
         return _command(args)
@@ -249,6 +264,7 @@ def _study(args: argparse.Namespace) -> int:
     from tracker.study import load_definition, run_study
 
     force = boolean("--force", args.force)
+    executor, address, per_node = _executor_options(vars(args))
     overrides = {"n_samples": args.n_samples} if args.n_samples not in (None, "") else {}
     definition = load_definition(args.definition, overrides)
     if args.dry_run:
@@ -259,7 +275,13 @@ def _study(args: argparse.Namespace) -> int:
     from tracker.tracking import check_tracking_server
 
     check_tracking_server()
-    outcomes = run_study(definition, force=force)
+    try:
+        outcomes = run_study(definition, force=force, executor=executor, address=address, per_node=per_node)
+    except KeyboardInterrupt:  # the runs measuring were ended KILLED, with their energy, before this
+        print(f"tracker: study {definition.name} interrupted by SIGINT; the runs it was measuring ended KILLED with "
+              "their energy so far, and the same command resumes it (FINISHED combinations are skipped)",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
     print(f"study {definition.name}: {len(outcomes)} combinations")
     for o in outcomes:
         energy = _fmt(o.metrics.get("energy_kwh_per_1k")) if o.metrics else "-"
@@ -272,10 +294,33 @@ def _study(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _executor_options(args: dict) -> tuple[str, str | None, int]:
+    """--executor, --address and --per-node, checked: (executor, address or None, per node)."""
+    from tracker.study import EXECUTORS
+
+    executor = args.get("executor") or "local"
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'")
+    per_node = _integer("per_node", args.get("per_node") or 1, 1)
+    if executor == "local" and (args.get("address") or per_node != 1):
+        raise ConfigError("--address and --per-node place runs on a Ray cluster: add --executor ray")
+    return executor, args.get("address") or None, per_node
+
+
 def _tune(args: dict) -> int:
     from tracker.api import tune
 
     args.pop("command")
+    executor, address, per_node = _executor_options(args)
+    workers = _integer("workers", args.pop("workers", None) or 1, 1)
+    argv = args.pop("argv")
+    for name in EXECUTOR_FLAGS:
+        args.pop(name, None)
+    if executor == "ray":
+        return _tune_on_ray(argv, workers, address, per_node, args.get("storage") or "sqlite:///optuna.db")
+    if workers > 1:
+        raise ConfigError(f"--workers {workers} needs --executor ray: workers on one machine would measure at once "
+                          "and disturb each other's figures (or start `tracker tune` by hand on other machines)")
     result = tune(**args, progress=False)
     summary = result.summary
     print(f"study {summary['study']}: {summary['trials']} trials")
@@ -294,10 +339,34 @@ def _tune(args: dict) -> int:
     return 0
 
 
+def _tune_on_ray(argv: list[str], workers: int, address: str | None, per_node: int, storage: str) -> int:
+    from tracker.tracking import check_tracking_server
+    from tracker.tuning.on_ray import run_workers
+
+    code, output = run_workers(_without_flags(argv, [*EXECUTOR_FLAGS, *WORKERS_FLAG]), workers=workers,
+                               storage=storage, tracking_uri=check_tracking_server(), address=address,
+                               per_node=per_node)
+    print(output, end="")
+    return code
+
+
+def _without_flags(argv: list[str], names: list[str]) -> list[str]:
+    """``argv`` less the given flags and their values (``--flag VALUE`` or ``--flag=VALUE``)."""
+    flags = {"--" + name.replace("_", "-") for name in names}
+    kept, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in flags:
+            skip = True
+        elif word.split("=", 1)[0] not in flags:
+            kept.append(word)
+    return kept
+
+
 def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tracker.config import _integer
     from tracker.import_codecarbon import ImportConfig, import_records
     from tracker.import_codecarbon.kinds import parse_rules
 

@@ -1,0 +1,88 @@
+"""Tune workers on a Ray cluster: ``tracker tune --workers N --executor ray`` starts N workers of
+one study (PostgreSQL, as for workers started by hand) as Ray tasks, placed one per node (or per
+GPU) like a study's measurements, each running `tracker tune` in a child process on its node."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tracker.cluster import NodeSlots, check_store_for, connect, short, stop, tracking_env
+from tracker.errors import ConfigError, TrackerError
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_KEPT = 20_000  # characters of a worker's stdout and stderr that come back
+
+
+def run_worker(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """In a Ray worker on its node: one tune worker (`tracker` with ``argv``, by this node's Python)
+    in a child process; its exit code and output."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    from tracker.cluster import cancellable
+    from tracker.signals import die_with_parent
+
+    def work(started: Any) -> tuple[int, str, str]:
+        process = subprocess.Popen([sys.executable, "-m", "tracker", *argv], env=dict(os.environ) | env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=die_with_parent)
+        started(process)
+        out, err = process.communicate()
+        return process.returncode, out, err
+
+    code, out, err = cancellable(work)  # cancelled: the worker gets SIGTERM and ends its runs KILLED
+    return {"code": code, "stdout": out[-OUTPUT_KEPT:], "stderr": err[-OUTPUT_KEPT:],
+            "node": ray.get_runtime_context().get_node_id()}
+
+
+def run_workers(argv: list[str], *, workers: int, storage: str, tracking_uri: str, address: str | None,
+                per_node: int) -> tuple[int, str]:
+    """Run ``workers`` copies of `tracker` ``argv`` (a tune) on the cluster; returns the worst
+    exit code and the output of the worker that ended last (its summary saw the whole study)."""
+    if workers > 1 and not storage.startswith("postgresql"):
+        raise ConfigError(f"--workers {workers} share one study, which needs a database every node reaches: "
+                          "pass --storage postgresql://USER:PASSWORD@HOST/DB")
+    ray = connect(address)
+    slots = NodeSlots(ray, per_node)
+    check_store_for(list(slots.nodes.values()), tracking_uri)
+    from ray.exceptions import RayError
+
+    task = ray.remote(run_worker)
+    env = tracking_env(tracking_uri)
+    waiting, running = workers, {}
+    results: list[dict[str, Any]] = []
+    try:
+        while waiting or running:
+            slots.refresh()
+            if not slots.nodes:
+                raise TrackerError("no node of the Ray cluster is alive to run a tune worker on: start nodes "
+                                   "(ray start --address ...) and run the same command again (it resumes the study)")
+            while waiting and (node := slots.take()) is not None:
+                waiting -= 1
+                running[task.options(**slots.options(node)).remote(argv, env)] = node.id
+                logger.info("tune worker %d of %d started on node %s", workers - waiting, workers, short(node.id))
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
+            for ref in ready:
+                node = running.pop(ref)
+                slots.give_back(node)
+                try:
+                    result = ray.get(ref)
+                except RayError as err:  # its node died: Optuna fails its trial by heartbeat, the others go on
+                    result = {"code": 1, "stdout": "", "stderr": f"its Ray node was lost ({type(err).__name__})",
+                              "node": node}
+                logger.info("tune worker on node %s ended with exit code %d", short(result["node"]), result["code"])
+                results.append(result)
+    except BaseException:  # each worker gets SIGTERM and ends its runs KILLED
+        stop(ray, list(running))
+        raise
+    last = results[-1]
+    for result in results:
+        if result["code"] != 0:
+            logger.error("tune worker on node %s failed: %s", short(result["node"]),
+                         (result["stderr"].strip().splitlines() or ["(no output)"])[-1])
+    return max(r["code"] for r in results), last["stdout"]
