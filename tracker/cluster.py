@@ -118,21 +118,23 @@ class NodeSlots:
                 "num_cpus": 0, "num_gpus": 1 if node.gpus else 0, "max_retries": 0}
 
 
-def check_store_for(nodes: list[Node], uri: str) -> None:
-    """Every node must reach the tracking store: one on this machine (a SQLite file, a folder, a
+TRACKING_FIX = ("start a tracking server every node reaches (mlflow server --host 0.0.0.0 --port 5000) and set "
+                "MLFLOW_TRACKING_URI=http://THIS-HOST:5000")
+
+
+def check_store_for(nodes: list[Node], uri: str, what: str = "MLflow store", fix: str = TRACKING_FIX) -> None:
+    """Every node must reach the store at ``uri``: one on this machine (a SQLite file, a folder, a
     server on loopback) is refused when the cluster has several nodes or a node elsewhere."""
     remote = [n for n in nodes if n.address not in LOOPBACK and n.address != _this_address()]
     if len(nodes) <= 1 and not remote:
         return
     where = f"{len(nodes)} nodes" if len(nodes) > 1 else f"a node at {remote[0].address}"
     if not uri.startswith(SHARED_STORES):
-        raise ConfigError(f"the MLflow store {uri} is on this machine and the Ray cluster has {where}: start a "
-                          "tracking server every node reaches (mlflow server --host 0.0.0.0 --port 5000) and set "
-                          "MLFLOW_TRACKING_URI=http://THIS-HOST:5000")
+        raise ConfigError(f"the {what} {uri} is on this machine and the Ray cluster has {where}: {fix}")
     host = urlparse(uri).hostname or ""
     if host in LOOPBACK and remote:
-        raise ConfigError(f"the tracking server {uri} is on loopback, which the node at {remote[0].address} cannot "
-                          "reach: set MLFLOW_TRACKING_URI to an address every node reaches")
+        raise ConfigError(f"the {what} {uri} is on loopback, which the node at {remote[0].address} cannot reach: "
+                          f"{fix}")
 
 
 def _this_address() -> str:

@@ -50,6 +50,8 @@ def run_workers(argv: list[str], *, workers: int, storage: str, tracking_uri: st
     ray = connect(address)
     slots = NodeSlots(ray, per_node)
     check_store_for(list(slots.nodes.values()), tracking_uri)
+    check_store_for(list(slots.nodes.values()), storage, "Optuna storage",
+                    "pass --storage postgresql://USER:PASSWORD@HOST/DB, a database every node reaches")
     from ray.exceptions import RayError
 
     task = ray.remote(run_worker)
