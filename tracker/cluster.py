@@ -25,8 +25,6 @@ from urllib.parse import urlparse
 
 from tracker.errors import ConfigError
 
-logger = logging.getLogger(__name__)
-
 T = TypeVar("T")
 CLOSE_S = 120  # for a cancelled task's child to close what it measures
 
