@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import all_runs
-from tracker.attribution import FullLoadRates, Window, attribute, contention, gpu_unavailable
+from tracker.attribution import FullLoadRates, Window, attribute, contention, estimate, gpu_unavailable
 from tracker.energy import Energy
 from tracker.readings import CpuTimes, Snapshot, SystemProbe, rapl_delta_uj, visible_gpu
 from tracker.stats import Spread, percentile, pooled, ratio_interval
@@ -110,6 +110,98 @@ def test_clock_ticks_never_give_a_share_above_one_or_an_empty_window_a_nan():
     ticked = Window(duration_s=0.01, own_cpu_s=0.02, machine_busy_cpu_s=0.01, machine_total_cpu_s=0.02)
     idle = Window(duration_s=0.01, own_cpu_s=0.0, machine_busy_cpu_s=0.0, machine_total_cpu_s=0.0)
     assert ticked.host_share == 1.0 and idle.host_share == 1.0 and idle.background_cpu_share == 0.0
+
+
+class TickedProbe:
+    """CPU times as the kernel counts a child process's: the run's own time is a child's, advancing
+    by ``own_step`` in clock ticks, with one living child."""
+
+    logical_cpus = 2
+
+    def __init__(self, own_step: float) -> None:
+        self.own_step, self.calls = own_step, 0
+
+    def snapshot(self) -> Snapshot:
+        self.calls += 1
+        own = self.calls * self.own_step
+        return Snapshot(at_s=time.perf_counter(), cpu=CpuTimes(
+            own_s=own, machine_busy_s=own, machine_total_s=self.calls * 2.0, children_s=own, living_children=1))
+
+
+def test_a_cpu_time_too_coarse_to_read_is_nan_with_its_reason_never_zero():
+    rates = FullLoadRates(cpu_w=8.0, ram_w=20.0, logical_cpus=2)
+    machine = Energy(cpu_kwh=2e-6, gpu_kwh=1e-6, ram_kwh=5e-6, emissions_kg=1e-7, duration_s=0.02)
+    nothing = Window(duration_s=0.02, own_cpu_s=0.0, machine_busy_cpu_s=0.0, machine_total_cpu_s=0.04)
+    one_tick = Window(duration_s=0.02, own_cpu_s=0.01, machine_busy_cpu_s=0.01, machine_total_cpu_s=0.04,
+                      own_cpu_error_s=0.01)
+    for window in (nothing, one_tick):
+        for share_rates in (rates, None, FullLoadRates(cpu_w=None, ram_w=None, logical_cpus=2)):
+            ours = attribute(machine, window, share_rates)  # charged or split by share: neither can be 0
+            assert math.isnan(ours.cpu_kwh) and math.isnan(ours.ram_kwh) and math.isnan(ours.total_kwh)
+            assert ours.gpu_kwh == 1e-6  # the GPU's own counter does not depend on CPU time
+        assert math.isnan(estimate(window, rates)) and window.unresolved
+    assert "read no CPU time" in nothing.unresolved and "clock ticks of" in one_tick.unresolved
+    # Three ticks of a child, or any CPU time read off the nanosecond clock, are charged.
+    for window in (Window(duration_s=0.05, own_cpu_s=0.03, machine_busy_cpu_s=0.03, machine_total_cpu_s=0.1,
+                          own_cpu_error_s=0.01),
+                   Window(duration_s=0.002, own_cpu_s=0.0015, machine_busy_cpu_s=0.0, machine_total_cpu_s=0.0)):
+        assert window.unresolved is None and attribute(machine, window, rates).total_kwh > 0
+    both = one_tick + Window(duration_s=0.1, own_cpu_s=0.09, machine_busy_cpu_s=0.09, machine_total_cpu_s=0.2,
+                             own_cpu_error_s=0.01)
+    assert both.own_cpu_error_s == 0.02 and both.unresolved is None  # summed windows: their errors add up
+
+
+def test_a_window_of_a_few_milliseconds_is_charged_its_own_cpu_time_not_zero():
+    """This process's CPU time is read off the kernel's nanosecond clock: a window far shorter than
+    a clock tick still sees the work in it (psutil's ticks read 0 or 10 ms for it)."""
+    from tracker.carbon import resolve_location
+    from tracker.meter import EnergyMeter
+
+    meter = EnergyMeter(location=resolve_location("FRA"))
+    try:
+        with meter.phase("query model") as reading:
+            deadline = time.thread_time() + 0.002  # 2 ms of this thread's own CPU time, on any machine
+            while time.thread_time() < deadline:
+                pass
+    finally:
+        meter.close()
+    assert 0.002 <= reading.window.own_cpu_s < 0.5, reading.window
+    assert reading.window.unresolved is None and reading.reason == ""
+    assert reading.energy.cpu_kwh > 0 and reading.energy.ram_kwh > 0 and reading.energy.total_kwh > 0
+
+
+def test_a_child_of_coarse_cpu_time_through_a_real_meter_gives_nan_and_says_why():
+    from tracker.carbon import resolve_location
+    from tracker.meter import EnergyMeter
+
+    readings = []
+    for step in (0.01, 0.05):  # one tick of a child's time, then five
+        meter = EnergyMeter(location=resolve_location("FRA"), probe=TickedProbe(step))
+        try:
+            with meter.phase("query model") as reading:
+                readings.append(reading)
+        finally:
+            meter.close()
+    unresolved, resolved = readings
+    assert math.isnan(unresolved.energy.total_kwh) and "too coarse to attribute" in unresolved.reason
+    assert unresolved.machine.total_kwh > 0  # what the meter saw is kept beside it
+    assert resolved.energy.total_kwh > 0 and resolved.reason == ""
+
+
+def test_a_measure_block_too_coarse_to_read_logs_nan_and_the_reason(client, monkeypatch):
+    import tracker
+    import tracker.meter
+
+    monkeypatch.setattr(tracker.meter, "default_probe", lambda gpus: TickedProbe(0.01))
+    with tracker.measure(task="coarse", model="child-process", country="FRA") as m:
+        m.count(2)
+    run = client.get_run(m.run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED"
+    assert math.isnan(metrics["energy_kwh"]) and math.isnan(metrics["energy_kwh_per_1k"])
+    assert metrics["machine_energy_kwh"] > 0
+    assert "too coarse to attribute" in tags["tracker.energy.unavailable"]
+    assert tags["tracker.measurement.short_window"] == "true"
 
 
 def test_cuda_visible_devices_maps_torch_devices_to_physical_gpus():

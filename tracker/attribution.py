@@ -15,6 +15,11 @@ from this process tree's CPU seconds read by psutil at the window's edges:
   on the run's GPUs are counted and make the window contended instead.
 - Emissions follow the attributed energy at the window's carbon intensity.
 
+A window must see the run's CPU time to charge it. This process's own time comes from the kernel's
+nanosecond clock, but its children's come in clock ticks (10 ms): where children's time is in a
+window and the run's CPU time is under ``MIN_RESOLVED_TICKS`` ticks, or where a window that took
+time shows none at all, the CPU and RAM parts are NaN with the reason (``unresolved``), never a 0.
+
 Two consequences to know. CodeCarbon's machine curve is convex (0.1 + 0.9 L^3), so a run that
 leaves cores idle is charged more than the curve gives the whole machine at that load: attributed
 can exceed machine energy. And CPU time includes the spin-waiting of thread pools (OpenMP's
@@ -28,7 +33,7 @@ import math
 from dataclasses import dataclass
 
 from tracker.energy import KWH_TO_J, Energy
-from tracker.readings import GpuState, Snapshot, rapl_delta_uj
+from tracker.readings import CLOCK_TICK_S, GpuState, Snapshot, rapl_delta_uj
 
 # Other processes using at least this share of the machine's CPU time make a window contended:
 # above the few percent an idle system's own daemons use, below one busy core on a 8-core machine.
@@ -36,6 +41,9 @@ CONTENDED_BACKGROUND_SHARE = 0.10
 # ... and at least this many CPU-seconds: the kernel counts in 10 ms ticks, so over a window of a
 # few ticks one tick of a daemon's work would read as a large share.
 CONTENDED_MIN_BACKGROUND_S = 0.05
+# A CPU time read in clock ticks is trusted from this many ticks on: each edge may miss up to a tick
+# per process, so below it a third or more of the time could be unseen.
+MIN_RESOLVED_TICKS = 3
 UJ_PER_KWH = 3.6e12
 MJ_PER_KWH = 3.6e9
 
@@ -76,18 +84,24 @@ class Window:
     gpu_counter_kwh: float | None = None  # NVML's own counter over the window, when readable
     gpu_reason: str = ""
     rapl_cpu_kwh: float | None = None  # RAPL package counters over the window, when readable
+    # How far own_cpu_s may be off: a clock tick per edge where children's times (read in ticks) are
+    # in it, 0 where it comes from the nanosecond clock alone.
+    own_cpu_error_s: float = 0.0
 
     @classmethod
     def between(cls, start: Snapshot, end: Snapshot) -> Window:
         gpu_processes, gpu_kwh, gpu_reason = _gpu_between(start.gpu, end.gpu)
         rapl = (rapl_delta_uj(start.rapl_uj, end.rapl_uj) / UJ_PER_KWH
                 if start.rapl_uj and end.rapl_uj else None)
+        ticked = end.cpu.children_s != start.cpu.children_s or end.cpu.living_children or start.cpu.living_children
         return cls(duration_s=end.at_s - start.at_s,
                    own_cpu_s=max(end.cpu.own_s - start.cpu.own_s, 0.0),
                    machine_busy_cpu_s=max(end.cpu.machine_busy_s - start.cpu.machine_busy_s, 0.0),
                    machine_total_cpu_s=max(end.cpu.machine_total_s - start.cpu.machine_total_s, 0.0),
                    background_gpu_processes=gpu_processes, gpu_counter_kwh=gpu_kwh, gpu_reason=gpu_reason,
-                   rapl_cpu_kwh=rapl)
+                   rapl_cpu_kwh=rapl,
+                   own_cpu_error_s=(CLOCK_TICK_S * max(start.cpu.living_children, end.cpu.living_children, 1)
+                                    if ticked else 0.0))
 
     def __add__(self, other: Window) -> Window:
         """Several windows as one: their times and counters summed, other GPU processes at most."""
@@ -101,7 +115,21 @@ class Window:
                       background_gpu_processes=max(gpu) if gpu else None,
                       gpu_counter_kwh=both(self.gpu_counter_kwh, other.gpu_counter_kwh),
                       gpu_reason="; ".join(filter(None, {self.gpu_reason, other.gpu_reason})),
-                      rapl_cpu_kwh=both(self.rapl_cpu_kwh, other.rapl_cpu_kwh))
+                      rapl_cpu_kwh=both(self.rapl_cpu_kwh, other.rapl_cpu_kwh),
+                      own_cpu_error_s=self.own_cpu_error_s + other.own_cpu_error_s)
+
+    @property
+    def unresolved(self) -> str | None:
+        """Why this window's own CPU time is too coarse to charge, in words; None when it is not."""
+        if self.own_cpu_s <= 0 < self.duration_s:
+            return (f"the window lasted {self.duration_s * 1000:.1f} ms but read no CPU time of this run: the "
+                    "CPU and RAM energy cannot be attributed")
+        if self.own_cpu_s < MIN_RESOLVED_TICKS * self.own_cpu_error_s:
+            return (f"the window read {self.own_cpu_s * 1000:.1f} ms of CPU time, partly from child processes "
+                    f"counted in clock ticks of {CLOCK_TICK_S * 1000:g} ms, so it may be off by "
+                    f"{self.own_cpu_error_s * 1000:g} ms: too coarse to attribute CPU and RAM energy; measure "
+                    "a longer window")
+        return None
 
     @property
     def host_share(self) -> float:
@@ -131,6 +159,8 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
     share = window.host_share
 
     def host(seen: float, watts: float | None) -> float:
+        if window.unresolved:  # neither charge nor share can be read off so coarse a CPU time
+            return math.nan
         if watts is None or math.isnan(seen):  # measured (or missing): split what was seen
             return seen * share
         return rates.charged_kwh(window.own_cpu_s, watts)
@@ -150,7 +180,9 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
 def estimate(window: Window, rates: FullLoadRates) -> float:
     """The attributed kWh of a window still open, from CPU time and counters alone (CodeCarbon
     reports only when a window closes): what a run killed mid-window keeps. NaN where a measured
-    component has no counter we can read."""
+    component has no counter we can read, or where the window's CPU time is too coarse."""
+    if window.unresolved:
+        return math.nan
     cpu = (rates.charged_kwh(window.own_cpu_s, rates.cpu_w) if rates.cpu_w is not None
            else window.rapl_cpu_kwh * window.host_share if window.rapl_cpu_kwh is not None else math.nan)
     ram = rates.charged_kwh(window.own_cpu_s, rates.ram_w) if rates.ram_w is not None else math.nan

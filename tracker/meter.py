@@ -128,6 +128,8 @@ class EnergyMeter:
                 if gpu_unavailable(window):  # CodeCarbon reports 0 for a counter it cannot read
                     machine = dataclasses.replace(machine, gpu_kwh=math.nan)
                     reading.reason = f"GPU energy missing: {window.gpu_reason}"
+                if window.unresolved:
+                    reading.reason = "; ".join(filter(None, (reading.reason, window.unresolved)))
                 reading.machine = machine
                 reading.energy = attribute(machine, window, self.rates())
                 reading.record = {"task_name": name, **dataclasses.asdict(data)}

@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 RAPL_ROOT = Path("/sys/class/powercap")
 
 
+# The kernel counts a process's CPU time in /proc in clock ticks (10 ms where USER_HZ is 100).
+CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
 @dataclass(frozen=True)
 class CpuTimes:
     """Cumulative CPU seconds at one instant."""
@@ -28,6 +32,11 @@ class CpuTimes:
     own_s: float  # user + system of this process (all its threads) and its children, living or reaped
     machine_busy_s: float  # every logical CPU's non-idle time: all processes and the kernel
     machine_total_s: float  # every logical CPU's time, idle included
+    # The part of own_s read in clock ticks (the children's; this process's own time is read from
+    # the kernel's nanosecond clock), and how many living children it covers: each of them may hold
+    # up to a tick not counted yet.
+    children_s: float = 0.0
+    living_children: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,23 +93,27 @@ class SystemProbe:
     def _cpu(self) -> CpuTimes:
         import psutil
 
+        # CLOCK_PROCESS_CPUTIME_ID: every thread of this process, to the nanosecond. psutil's
+        # user + system come in clock ticks, so a window of a few ticks could read 0 own time.
+        seconds = time.process_time()
         own = self._process.cpu_times()
-        seconds = own.user + own.system + own.children_user + own.children_system
+        children_s = own.children_user + own.children_system  # reaped children
         try:
             children = self._process.children(recursive=True)
         except psutil.Error:
             children = []
-        for child in children:  # living children; reaped ones are in children_user/system above
+        for child in children:  # living children
             try:
                 times = child.cpu_times()
-                seconds += times.user + times.system
+                children_s += times.user + times.system
             except psutil.Error:
                 pass
         machine = psutil.cpu_times()
         # As CodeCarbon's load meter: guest time is already in user and nice time on Linux.
         total = sum(machine) - getattr(machine, "guest", 0) - getattr(machine, "guest_nice", 0)
         busy = total - machine.idle - getattr(machine, "iowait", 0)
-        return CpuTimes(own_s=seconds, machine_busy_s=busy, machine_total_s=total)
+        return CpuTimes(own_s=seconds + children_s, machine_busy_s=busy, machine_total_s=total,
+                        children_s=children_s, living_children=len(children))
 
     def own_pids(self) -> set[int]:
         import psutil
