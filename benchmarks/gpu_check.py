@@ -100,7 +100,7 @@ def _distilbert_base(folder: Path, env: dict[str, str]) -> Path:
     os.environ["TRACKER_CACHE_DIR"] = env["TRACKER_CACHE_DIR"]
     import transformers
 
-    from tracker.builtin import builtin_dataset_file, read_rows, train_tokenizer
+    from tracker.loading.builtin import builtin_dataset_file, read_rows, train_tokenizer
     from tracker.tasks import get_task
 
     task = get_task("text-classification")

@@ -36,13 +36,13 @@ def main() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    from tracker.carbon import resolve_location
-    from tracker.data import load_dataset
-    from tracker.meter import EnergyMeter
-    from tracker.models import builtin_model
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
+    from tracker.recording.lifecycle import recorded_run
+    from tracker.sources.data import load_dataset
+    from tracker.sources.models import builtin_model
     from tracker.tasks import get_task
     from tracker.tasks.base import GenerationSettings
-    from tracker.tracking import recorded_run
 
     task = get_task(args.task)
     loaded = task.load_model(builtin_model(task).location, local_only=True)

@@ -58,7 +58,7 @@ def load_grid(path: Path) -> dict[tuple[int, str], list[Cell] | None]:
     """(batch size, precision) -> its recorded measurements, or None when it failed."""
     import pandas as pd
 
-    from tracker.stats import t95
+    from tracker.measurement.stats import t95
 
     grid: dict[tuple[int, str], list[Cell] | None] = {}
     for r in pd.read_csv(path).itertuples():
@@ -76,7 +76,7 @@ def load_grid(path: Path) -> dict[tuple[int, str], list[Cell] | None]:
 
 def truth(grid: dict) -> tuple[set, dict, float]:
     """The settings counted as found, whether each keeps quality (on its mean quality), the reference."""
-    from tracker.stats import Spread, pooled
+    from tracker.measurement.stats import Spread, pooled
     from tracker.tuning import feasibility
 
     reference = statistics.fmean(c.quality for c in grid[(1, "fp32")])
@@ -101,7 +101,12 @@ def replay(strategy: str, seed: int, grid: dict, *, precisions: tuple[str, ...],
 
     from tracker.tuning import feasibility
     from tracker.tuning.results import ranked_settings
-    from tracker.tuning.strategies import PRECISION_ORDER, Space, StructuredSampler, make_sampler
+    from tracker.tuning.strategies import (
+        PRECISION_ORDER,
+        Space,
+        StructuredSampler,
+        make_sampler,
+    )
 
     targets, _, reference = truth(grid)
     order = PRECISION_ORDER["cpu"]

@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--n-samples", type=int, default=1000, help="sentence pairs per run (default 1000)")
     args = parser.parse_args()
 
-    from tracker.builtin import builtin_dataset_file
+    from tracker.loading.builtin import builtin_dataset_file
     from tracker.tasks import get_task
 
     task = get_task("sentence-similarity")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import all_runs
 from test_import import PAPER_RECORDS, record, write
 from test_report import make_run

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import all_runs, subprocess_env
 
 import tracker
-from conftest import all_runs, subprocess_env
 from tracker.errors import ConfigError, UserError
 
 CONTRACT_METRICS = ["energy_kwh", "energy_cpu_kwh", "energy_ram_kwh", "emissions_kg", "energy_kwh_per_1k",
@@ -185,7 +185,7 @@ def test_bad_input_is_answered_before_heavy_imports(argv, tmp_path):
 def test_only_text_to_image_imports_diffusers_and_model_code_is_imported_before_the_load_window(tmp_path):
     """A run of another task never imports diffusers; a model's transformers module is imported by
     import_model_code (outside the measured load phase), not first by from_pretrained inside it."""
-    probe = ("import sys, json; from tracker.cli import main; from tracker.runner import import_model_code; "
+    probe = ("import sys, json; from tracker.cli import main; from tracker.runs.loop import import_model_code; "
              "from tracker.tasks import get_task; import pathlib; "
              "folder = pathlib.Path(sys.argv[1]); folder.mkdir(); "
              "(folder / 'config.json').write_text(json.dumps({'architectures': ['BertModel']})); "
@@ -225,7 +225,7 @@ def test_the_examples_run_as_a_new_user_runs_them(example, client, tmp_path):
 def test_mlflow_telemetry_is_off_while_measuring_unless_asked_for(monkeypatch):
     import os
 
-    from tracker.tracking import quiet_mlflow_telemetry
+    from tracker.recording.lifecycle import quiet_mlflow_telemetry
 
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     quiet_mlflow_telemetry()

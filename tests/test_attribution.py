@@ -19,12 +19,25 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import all_runs
-from tracker.attribution import FullLoadRates, Window, attribute, contention, estimate, gpu_unavailable
-from tracker.energy import Energy
-from tracker.readings import CpuTimes, Snapshot, SystemProbe, rapl_delta_uj, visible_gpu
-from tracker.stats import Spread, percentile, pooled, ratio_interval
+
+from tracker.measurement.attribution import (
+    FullLoadRates,
+    Window,
+    attribute,
+    contention,
+    estimate,
+    gpu_unavailable,
+)
+from tracker.measurement.energy import Energy
+from tracker.measurement.readings import (
+    CpuTimes,
+    Snapshot,
+    SystemProbe,
+    rapl_delta_uj,
+    visible_gpu,
+)
+from tracker.measurement.stats import Spread, percentile, pooled, ratio_interval
 
 
 class NVMLError(Exception):
@@ -154,8 +167,8 @@ def test_a_cpu_time_too_coarse_to_read_is_nan_with_its_reason_never_zero():
 def test_a_window_of_a_few_milliseconds_is_charged_its_own_cpu_time_not_zero():
     """This process's CPU time is read off the kernel's nanosecond clock: a window far shorter than
     a clock tick still sees the work in it (psutil's ticks read 0 or 10 ms for it)."""
-    from tracker.carbon import resolve_location
-    from tracker.meter import EnergyMeter
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
 
     meter = EnergyMeter(location=resolve_location("FRA"))
     try:
@@ -171,8 +184,8 @@ def test_a_window_of_a_few_milliseconds_is_charged_its_own_cpu_time_not_zero():
 
 
 def test_a_child_of_coarse_cpu_time_through_a_real_meter_gives_nan_and_says_why():
-    from tracker.carbon import resolve_location
-    from tracker.meter import EnergyMeter
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
 
     readings = []
     for step in (0.01, 0.05):  # one tick of a child's time, then five
@@ -190,9 +203,9 @@ def test_a_child_of_coarse_cpu_time_through_a_real_meter_gives_nan_and_says_why(
 
 def test_a_measure_block_too_coarse_to_read_logs_nan_and_the_reason(client, monkeypatch):
     import tracker
-    import tracker.meter
+    import tracker.measurement.meter
 
-    monkeypatch.setattr(tracker.meter, "default_probe", lambda gpus: TickedProbe(0.01))
+    monkeypatch.setattr(tracker.measurement.meter, "default_probe", lambda gpus: TickedProbe(0.01))
     with tracker.measure(task="coarse", model="child-process", country="FRA") as m:
         m.count(2)
     run = client.get_run(m.run_id)
@@ -231,8 +244,8 @@ def test_our_own_processes_on_the_gpu_are_not_background():
 
 
 def test_a_missing_gpu_counter_gives_nan_with_a_reason_never_zero():
-    from tracker.carbon import resolve_location
-    from tracker.meter import EnergyMeter
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
 
     probe = SystemProbe(gpus=[0], nvml=FakeNvml(counter=False))
     meter = EnergyMeter(location=resolve_location("FRA"), probe=probe)
@@ -247,7 +260,7 @@ def test_a_missing_gpu_counter_gives_nan_with_a_reason_never_zero():
 
 
 def test_the_gpu_counter_check_judges_all_windows_and_names_the_worst():
-    from tracker.attribution import gpu_counter_check
+    from tracker.measurement.attribution import gpu_counter_check
 
     # as on the H200: one short window caught an extra step of the counter, the others agree
     tag = gpu_counter_check([(1.3e-5, 1.0e-5), (1.0e-5, 1.0e-5), (1.0e-5, 1.0e-5), (math.nan, 1.0e-5)])
@@ -274,8 +287,8 @@ def test_fake_rapl_folder_is_read_across_a_counter_wrap(tmp_path):
 
 
 def test_scripted_cpu_times_through_a_real_meter():
-    from tracker.carbon import resolve_location
-    from tracker.meter import EnergyMeter
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
 
     meter = EnergyMeter(location=resolve_location("FRA"), probe=ScriptedProbe(1.0, 3.0, 8.0))
     try:
@@ -293,8 +306,8 @@ def test_scripted_cpu_times_through_a_real_meter():
 
 
 def test_wait_for_quiet_waits_until_the_time_is_up_on_a_busy_machine():
-    from tracker.carbon import resolve_location
-    from tracker.meter import EnergyMeter
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
 
     busy = EnergyMeter(location=resolve_location("FRA"), probe=ScriptedProbe(0.0, 1.0, 2.0))
     quiet = EnergyMeter(location=resolve_location("FRA"), probe=ScriptedProbe(0.0, 0.01, 2.0))
@@ -309,9 +322,9 @@ def test_wait_for_quiet_waits_until_the_time_is_up_on_a_busy_machine():
 
 
 def test_a_run_on_a_busy_machine_is_tagged_contended_with_its_share(cli, client, monkeypatch):
-    import tracker.meter
+    import tracker.measurement.meter
 
-    monkeypatch.setattr(tracker.meter, "default_probe", lambda gpus: ScriptedProbe(1.0, 1.0, 2.0))
+    monkeypatch.setattr(tracker.measurement.meter, "default_probe", lambda gpus: ScriptedProbe(1.0, 1.0, 2.0))
     code, out, err = cli("run", "--task", "text-classification", "--n-samples", "8", "--no-progress")
     assert code == 0, err
     [run] = all_runs(client)

@@ -3,7 +3,6 @@
 import socket
 
 import pytest
-
 from conftest import all_runs
 
 BASE = ["run", "--task", "text-classification", "--n-samples", "8", "--no-progress", "--country", "FRA"]
@@ -77,7 +76,7 @@ def test_cuda_without_a_gpu(cli, client):
 
 def test_int8_on_a_gpu_is_refused_before_any_run():
     from tracker.errors import PrecisionUnsupportedError
-    from tracker.precision import ensure_supported
+    from tracker.loading.precision import ensure_supported
 
     with pytest.raises(PrecisionUnsupportedError, match="runs on the CPU only"):
         ensure_supported("cuda:0", "int8")

@@ -12,7 +12,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, all_runs, mlflow_server, subprocess_env
 
 
@@ -211,7 +210,7 @@ CPU_A, GPU_B, CPU_C = "aa" * 28, "bb" * 28, "ee" * 28  # node ids as Ray writes 
 
 def test_slots_are_one_per_node_or_per_gpu_and_follow_the_alive_nodes():
     pytest.importorskip("ray")
-    from tracker.cluster import NodeSlots
+    from tracker.execution.cluster import NodeSlots
 
     ray = _FakeRay([_node(CPU_A), _node(GPU_B, gpus=2), _node("cc" * 28, alive=False), _node("dd" * 28, cpus=0)])
     slots = NodeSlots(ray, per_node=1)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tracker.energy import KWH_TO_J, Energy
+from tracker.measurement.energy import KWH_TO_J, Energy
 
 
 def test_total_and_joules():

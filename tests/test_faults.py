@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import MlflowServer, all_runs, subprocess_env
 
 EVIL = '''
@@ -62,7 +61,7 @@ def _wait_for_heartbeat(client, process, deadline_s=300):
 def _folder_with_its_own_code(tmp_path: Path) -> tuple[Path, Path]:
     """The built-in tiny classifier, copied, with an auto_map to a modeling file that writes a
     marker when imported: what a downloaded model with custom code looks like."""
-    from tracker.models import builtin_model
+    from tracker.sources.models import builtin_model
     from tracker.tasks import get_task
 
     folder = tmp_path / "model-with-code"
@@ -103,7 +102,7 @@ def test_a_model_folders_own_code_never_runs_without_the_flag_even_on_a_y(tmp_pa
 
 def test_every_load_states_trust_remote_code_so_transformers_never_asks(monkeypatch):
     from tracker.errors import ModelLoadError
-    from tracker.remote_code import pretrained, remote_code
+    from tracker.loading.remote_code import pretrained, remote_code
 
     seen = []
 
@@ -160,9 +159,9 @@ def test_eight_processes_at_once_on_a_fresh_sqlite_store(tmp_path, client):
 @pytest.mark.slow
 def test_a_failed_baseline_ends_tune_in_one_line_and_the_next_tune_measures_it_again(cli, client, hermetic,
                                                                                       monkeypatch):
-    import tracker.child
+    import tracker.execution.child
 
-    real = tracker.child.run_command
+    real = tracker.execution.child.run_command
 
     def baseline_dies(config, tags):
         if tags.get("tracker.tune.role") == "baseline":
@@ -173,14 +172,14 @@ def test_a_failed_baseline_ends_tune_in_one_line_and_the_next_tune_measures_it_a
     args = ("tune", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", "builtin",
             "--n-samples", "8", "--country", "FRA", "--warmup", "0", "--min-window-s", "0", "--n-trials", "1",
             "--max-batch-size", "2", "--precisions", "fp32", "--storage", storage, "--study-name", "poisoned")
-    monkeypatch.setattr(tracker.child, "run_command", baseline_dies)
+    monkeypatch.setattr(tracker.execution.child, "run_command", baseline_dies)
     code, _, err = cli(*args)
     assert code == 1
     [line] = [line for line in err.splitlines() if line.startswith("tracker:")]
     assert "baseline run (batch 1, fp32)" in line and "SIGKILL" in line and "measures it again" in line
     assert "Traceback" not in err
 
-    monkeypatch.setattr(tracker.child, "run_command", real)
+    monkeypatch.setattr(tracker.execution.child, "run_command", real)
     code, out, err = cli(*args)  # the same command, at once: no hour-long wait for a baseline that never comes
     assert code == 0, err
     parents = [r for r in all_runs(client) if r.data.tags.get("tracker.tune.role") == "parent"]
@@ -207,7 +206,7 @@ def _broken_model(tmp_path: Path, fault: str) -> Path:
     import torch
     from safetensors.torch import load_file
 
-    from tracker.models import builtin_model
+    from tracker.sources.models import builtin_model
     from tracker.tasks import get_task
 
     folder = tmp_path / fault
@@ -255,7 +254,7 @@ def test_a_load_failure_at_load_time_is_one_line_without_torchs_advice(tmp_path)
     from transformers import AutoModelForSequenceClassification
 
     from tracker.errors import ModelLoadError
-    from tracker.remote_code import pretrained
+    from tracker.loading.remote_code import pretrained
 
     folder = _broken_model(tmp_path, "unsafe-pickle")  # as if it changed after the check
     with pytest.raises(ModelLoadError) as raised:
@@ -420,7 +419,7 @@ def _fill(folder: Path) -> Path:
 
 
 def test_a_full_store_is_refused_in_one_line_within_seconds(cli, small_filesystem, monkeypatch):
-    from tracker.tracking import prepare_sqlite_store
+    from tracker.recording.lifecycle import prepare_sqlite_store
 
     uri = f"sqlite:///{small_filesystem}/mlflow.db"
     prepare_sqlite_store(uri)  # a store that worked, then its disk filled
@@ -436,7 +435,7 @@ def test_a_full_store_is_refused_in_one_line_within_seconds(cli, small_filesyste
 
 
 def test_a_read_only_store_is_refused_in_one_line(cli, hermetic, monkeypatch):
-    from tracker.tracking import prepare_sqlite_store
+    from tracker.recording.lifecycle import prepare_sqlite_store
 
     database = hermetic / "store" / "mlflow.db"
     prepare_sqlite_store(f"sqlite:///{database}")
@@ -508,7 +507,7 @@ def test_a_child_whose_parent_dies_closes_its_run_through_repeated_signals_and_a
     """A study's or a search's measured child gets SIGTERM when its parent dies, and again each time
     the kernel hands it to another of the dying parent's threads, while its stderr is a pipe nobody
     reads any more. Its run still ends KILLED with its energy, and the process exits."""
-    from tracker.signals import die_with_parent
+    from tracker.recording.signals import die_with_parent
 
     with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), preexec_fn=die_with_parent) as process:
         measuring = _wait_for_heartbeat(client, process)

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, all_runs
 
 HEADER = ["timestamp", "project_name", "run_id", "duration", "emissions", "emissions_rate", "cpu_power",
@@ -215,7 +214,7 @@ def test_runs_written_in_one_transaction_on_a_postgresql_store(monkeypatch):
     mlflow.set_tracking_uri(store)
     try:
         client = MlflowClient()
-        from tracker import sql_bulk
+        from tracker.recording import sql_bulk
 
         assert sql_bulk.sql_store(client) is not None  # the fast path is the one tried
         _written_both_ways(client)
@@ -226,7 +225,13 @@ def test_runs_written_in_one_transaction_on_a_postgresql_store(monkeypatch):
 def _written_both_ways(client):
     import socket
 
-    from tracker.tracking import FinishedRun, _write_one, experiment_id, update_runs, write_finished_runs
+    from tracker.recording.lifecycle import (
+        FinishedRun,
+        _write_one,
+        experiment_id,
+        update_runs,
+        write_finished_runs,
+    )
 
     run = FinishedRun(run_name="model-a · imdb · imported", tags={"tracker.imported": "true", "x.y": "é ✓"},
                       params={"task": "text-classification", "n_samples": 1000},
@@ -347,7 +352,7 @@ def test_runs_imported_before_record_ids_are_recognised_and_replaced_when_asked(
     from mlflow.entities import Param
 
     from tracker.import_codecarbon.records import times_ms
-    from tracker.tracking import experiment_id
+    from tracker.recording.lifecycle import experiment_id
 
     row = record("r1", "org/model-a", cpu=0.001, gpu=0.0, ram=0.001, duration=10, emissions=0.0001)
     start, end = times_ms(row)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import all_runs
 
 REQUIREMENTS = ["transformers", "torch"]  # given, so MLflow does not probe the environment
@@ -16,7 +15,7 @@ def registered(client, cli):
     import mlflow
     import transformers
 
-    from tracker.models import builtin_model
+    from tracker.sources.models import builtin_model
     from tracker.tasks import get_task
 
     folder = builtin_model(get_task("text-classification")).location

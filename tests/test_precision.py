@@ -4,10 +4,10 @@ import os
 import sys
 
 import pytest
-
 from conftest import all_runs
-from tracker import precision
+
 from tracker.errors import PrecisionUnsupportedError
+from tracker.loading import precision
 
 DIES_BY_SIGILL = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
 DIES_UNLESS_CAPPED = ("import os, signal\n"

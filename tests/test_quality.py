@@ -2,9 +2,8 @@ import math
 
 import pytest
 
-from tracker import quality
-from tracker.quality import accuracy, macro_f1, rouge
-from tracker.tasks import get_task
+from tracker.tasks import get_task, quality
+from tracker.tasks.quality import accuracy, macro_f1, rouge
 
 
 def test_rouge_identical_and_disjoint():

@@ -12,7 +12,7 @@ def make_run(client, *, task, model, dataset, kwh_per_1k, quality=0.5, batch_siz
     """A run as `tracker run` leaves it, with the figures the report reads."""
     from mlflow.entities import Metric, Param, RunTag
 
-    from tracker.tracking import experiment_id
+    from tracker.recording.lifecycle import experiment_id
 
     run = client.create_run(experiment_id(client, task))
     metrics = {"energy_kwh_per_1k": kwh_per_1k, "emissions_g_per_output": kwh_per_1k * 0.4, "quality": quality}

@@ -5,7 +5,6 @@ import math
 import os
 
 import pytest
-
 from conftest import all_runs
 
 ENERGY_METRICS = ["energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "emissions_kg",

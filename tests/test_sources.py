@@ -3,6 +3,7 @@
 import random
 
 from conftest import all_runs
+
 from tracker.tasks import get_task
 
 

@@ -3,9 +3,9 @@ besides batch size and precision: threads, length sorting, attention, compile.""
 
 import pytest
 
-from tracker.config import RunConfig
 from tracker.errors import ConfigError
-from tracker.stats import Spread
+from tracker.measurement.stats import Spread
+from tracker.runs.config import RunConfig
 from tracker.tuning.strategies import Measured, Space, parse_knobs, plan
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -152,7 +152,7 @@ def test_run_knobs_are_validated_and_keep_earlier_config_keys():
 
 
 def test_sorting_by_length_puts_predictions_back_in_order():
-    from tracker.runner import length_order, text_length, unsort
+    from tracker.runs.loop import length_order, text_length, unsort
     from tracker.tasks import get_task
 
     inputs = ["a longer sentence", "hi", ("two", "parts here"), "mid length"]

@@ -4,7 +4,6 @@ what fails (before or during its run) and going on."""
 import json
 
 import pytest
-
 from conftest import all_runs
 
 pytestmark = pytest.mark.slow
@@ -22,7 +21,7 @@ def _broken_model(folder):
     fails inside its run, while loading (a folder without weights is refused before any run)."""
     import shutil
 
-    from tracker.models import builtin_model
+    from tracker.sources.models import builtin_model
     from tracker.tasks import get_task
 
     shutil.copytree(builtin_model(get_task("text-classification")).location, folder)
@@ -115,6 +114,7 @@ def test_every_shipped_definition_is_valid():
     from pathlib import Path
 
     from conftest import REPO
+
     from tracker.study import load_definition
 
     files = sorted(Path(REPO, "experiments").glob("*.yaml"))

@@ -5,9 +5,9 @@ import csv
 import math
 
 import pytest
-
 from conftest import all_runs
 from test_runs import ENERGY_METRICS, PARAMS, TAGS
+
 from tracker.tasks import get_task, task_names
 
 # task -> (quality metrics it logs, params its settings add)
@@ -136,10 +136,16 @@ def test_task_specific_model_is_not_prompted_even_when_asked_auto(cli, client):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A CLIP model and processor built from configs and saved, as a user's local CLIP would be."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig,
-                              CLIPVisionConfig)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+    )
 
-    from tracker.builtin import train_tokenizer
+    from tracker.loading.builtin import train_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-clip")
     tokenizer = train_tokenizer(["a red fox at sunset, oil painting", "a robot reading a book"] * 20, "bart")
@@ -163,7 +169,7 @@ def test_clip_score_is_torchmetrics_formula(tiny_clip):
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
-    from tracker.media import draw_scene
+    from tracker.tasks.media import draw_scene
     from tracker.tasks.text_to_image import clip_scores
 
     images = [draw_scene(random.Random(i))[0] for i in range(6)]

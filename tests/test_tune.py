@@ -12,11 +12,11 @@ import time
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import all_runs, mlflow_server, subprocess_env
+
 from tracker.errors import ConfigError
-from tracker.pareto import pareto_front
-from tracker.stats import Spread
+from tracker.measurement.pareto import pareto_front
+from tracker.measurement.stats import Spread
 from tracker.tuning import TuneConfig, feasibility
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_pareto_front_keeps_the_undominated():
 
 
 def test_search_space_and_bad_settings():
-    from tracker.config import RunConfig
+    from tracker.runs.config import RunConfig
 
     run = RunConfig.parse(task="summarization")
     assert TuneConfig(run=run, max_batch_size=20).batch_sizes() == [1, 2, 4, 8, 16]
@@ -114,7 +114,7 @@ def test_search_layout_parent_baseline_and_nested_trials(cli, client, hermetic):
     assert tags["tracker.tune.best.batch_size"] == str(best.params["batch_size"])
     assert metrics["best_emissions_g_per_output"] == pytest.approx(best.values[0])
     # the baselines' windows pooled, over the best trial's: with a 95% interval around it
-    from tracker.stats import Spread, pooled
+    from tracker.measurement.stats import Spread, pooled
 
     if all(r.data.tags["tracker.measurement.contended"] == "false" for r in baselines):
         pooled_baseline = pooled([Spread(r.data.metrics["emissions_g_per_output"],
@@ -134,15 +134,15 @@ def test_search_layout_parent_baseline_and_nested_trials(cli, client, hermetic):
 # The shared-load child, whose measuring of a bf16 setting really dies by SIGILL.
 DIES_ON_BF16 = """
 import os, signal, sys
-import tracker.session
+import tracker.runs.session
 
-real = tracker.session.measure
+real = tracker.runs.session.measure
 def measure(config, **options):
     if config.precision == "bf16":
         os.kill(os.getpid(), signal.SIGILL)
     return real(config, **options)
-tracker.session.measure = measure
-from tracker.child import serve
+tracker.runs.session.measure = measure
+from tracker.execution.child import serve
 sys.exit(serve())
 """
 
@@ -151,9 +151,9 @@ def test_a_precision_whose_process_dies_fails_alone_and_the_search_goes_on(cli, 
     """bf16 trials' process really dies by SIGILL, as bf16 does on CPUs that advertise AMX in a VM
     that forbids it; those trials are FAILED with the signal's name, bf16 is given up after two,
     and fp32 is searched and reported best."""
-    import tracker.child
+    import tracker.execution.child
 
-    monkeypatch.setattr(tracker.child, "serve_command", lambda: [sys.executable, "-c", DIES_ON_BF16])
+    monkeypatch.setattr(tracker.execution.child, "serve_command", lambda: [sys.executable, "-c", DIES_ON_BF16])
     storage = f"sqlite:///{hermetic}/optuna.db"
     code, out, err = cli("tune", *BASE, "--n-trials", "8", "--max-batch-size", "2", "--precisions", "bf16,fp32",
                          "--storage", storage)
@@ -373,7 +373,7 @@ def test_a_tie_is_declared_only_when_the_intervals_overlap():
 
 
 def test_the_baseline_pools_its_quiet_measurements_and_the_ratio_has_an_interval():
-    from tracker.stats import ratio_interval
+    from tracker.measurement.stats import ratio_interval
     from tracker.tuning.baseline import baseline_spread
 
     study = _study_with([], [([10.0, 10.2, 9.8], False), ([11.0, 11.2, 10.8], False), ([30.0, 31.0, 29.0], True)])

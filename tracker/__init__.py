@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = ["Measurement", "RunResult", "TuneResult", "current", "measure", "report", "run", "tune"]
 
 # Where each name lives: imported on first use, so that `tracker --help` stays fast.
-_HOMES = {"measure": "tracker.usercode", "current": "tracker.usercode", "Measurement": "tracker.usercode",
+_HOMES = {"measure": "tracker.runs.usercode", "current": "tracker.runs.usercode", "Measurement": "tracker.runs.usercode",
           "run": "tracker.api", "tune": "tracker.api", "report": "tracker.api", "RunResult": "tracker.api",
           "TuneResult": "tracker.api"}
 

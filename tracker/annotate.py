@@ -117,8 +117,12 @@ def annotate(config: AnnotateConfig) -> AnnotateResult:
     """Attach the tables' quality and parameter counts to the FINISHED runs of the experiments."""
     from mlflow import MlflowClient
 
+    from tracker.recording.lifecycle import (
+        check_tracking_server,
+        finished_runs,
+        update_runs,
+    )
     from tracker.reporting.collect import default_experiments, live_experiment
-    from tracker.tracking import check_tracking_server, finished_runs, update_runs
 
     aliases = dict(config.aliases)
     quality = read_quality(config.quality, aliases) if config.quality else {}
@@ -187,7 +191,7 @@ def _fold(key: Any) -> Any:
 
 def _metric_name(metric: str) -> str:
     """'f1, has answer' -> 'f1_has_answer': an MLflow metric name, as the table names it."""
-    from tracker.summary import metric_name_part
+    from tracker.recording.metrics import metric_name_part
 
     return metric_name_part(metric, "quality_value")
 

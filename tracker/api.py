@@ -9,26 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracker.config import RunConfig
-
-
-@dataclass
-class RunResult:
-    """A finished measured run: its id, experiment, every metric and tag logged, and its config."""
-
-    run_id: str
-    experiment: str
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    config: RunConfig
-
-    @property
-    def energy_kwh_per_1k(self) -> float:
-        return self.metrics.get("energy_kwh_per_1k", float("nan"))
-
-    @property
-    def quality(self) -> float:
-        return self.metrics.get("quality", float("nan"))
+from tracker.runs.config import RunConfig
+from tracker.runs.result import RunResult
 
 
 @dataclass
@@ -65,7 +47,7 @@ def run(*, task: str, tags: dict[str, str] | None = None, **options: Any) -> Run
     options.setdefault("progress", False)
     config = RunConfig.parse(task=task, **options)
     config.check_inputs()  # before the session's imports: bad input is answered in about --help's time
-    from tracker.session import measure as measure_run
+    from tracker.runs.session import measure as measure_run
 
     return measure_run(config, tags=tags)
 

@@ -7,14 +7,14 @@ one line and exit 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import signal
 import sys
 
-from tracker.config import RunConfig, _integer, boolean
+from tracker.console import configure_logging, say
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
-from tracker.signals import say, signals_restored
+from tracker.recording.signals import signals_restored
+from tracker.runs.config import _integer, boolean
 
 # Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
 RUN_FLAGS = {
@@ -187,14 +187,6 @@ def main(argv: list[str] | None = None) -> int:
         return _command(args)
 
 
-def configure_logging() -> None:
-    """Our log lines as `tracker: LEVEL: message`, for the CLI and the processes it starts."""
-    logging.basicConfig(level=logging.WARNING, format="tracker: %(levelname)s: %(message)s")
-    logging.getLogger("tracker").setLevel(logging.INFO)
-    # MLflow logs a store's failed write with its traceback before raising it; we say it in one line.
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-
-
 def _command(args: argparse.Namespace) -> int:
     try:
         if args.command == "tasks":
@@ -272,7 +264,7 @@ def _study(args: argparse.Namespace) -> int:
             print(combination.label)
         print(f"{len(definition.combinations)} runs in experiment '{definition.combinations[0].config.experiment_name}'")
         return 0
-    from tracker.tracking import check_tracking_server
+    from tracker.recording.lifecycle import check_tracking_server
 
     check_tracking_server()
     try:
@@ -340,7 +332,7 @@ def _tune(args: dict) -> int:
 
 
 def _tune_on_ray(argv: list[str], workers: int, address: str | None, per_node: int, storage: str) -> int:
-    from tracker.tracking import check_tracking_server
+    from tracker.recording.lifecycle import check_tracking_server
     from tracker.tuning.on_ray import run_workers
 
     code, output = run_workers(_without_flags(argv, [*EXECUTOR_FLAGS, *WORKERS_FLAG]), workers=workers,
@@ -437,7 +429,7 @@ def _report(args: argparse.Namespace) -> int:
 def _sync() -> int:
     import mlflow
 
-    from tracker.tracking import sync
+    from tracker.recording.lifecycle import sync
 
     uploaded = sync()
     for run_id, status in uploaded:

@@ -6,6 +6,14 @@ from ``UserError``: the CLI prints their one-line message and exits with status 
 
 from __future__ import annotations
 
+import difflib
+
+
+def did_you_mean(value: str, choices: list[str]) -> str:
+    """' Did you mean 'x'?' for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
 
 class TrackerError(Exception):
     """Base class of every error this package raises on purpose."""

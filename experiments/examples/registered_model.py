@@ -16,7 +16,7 @@ import transformers
 from mlflow import MlflowClient
 
 import tracker
-from tracker.models import builtin_model
+from tracker.sources.models import builtin_model
 from tracker.tasks import get_task
 
 

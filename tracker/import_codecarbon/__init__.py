@@ -23,14 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracker.energy import Energy
 from tracker.errors import ConfigError
 from tracker.import_codecarbon.kinds import KindRule, check_kind, kind_of
-from tracker.import_codecarbon.records import Row, number, phase_of, phase_slug, read_records, record_id, times_ms
-from tracker.meter import PhaseReading
-from tracker.runner import QueryReading, RunOutcome
-from tracker.signals import interrupts_raise
-from tracker.summary import run_metrics
+from tracker.import_codecarbon.records import (
+    Row,
+    number,
+    phase_of,
+    phase_slug,
+    read_records,
+    record_id,
+    times_ms,
+)
+from tracker.measurement.energy import Energy
+from tracker.measurement.meter import PhaseReading
+from tracker.measurement.outcome import QueryReading, RunOutcome
+from tracker.recording.metrics import run_metrics
+from tracker.recording.signals import interrupts_raise
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +115,12 @@ def import_records(config: ImportConfig) -> ImportSummary:
     datasets = {path: config.dataset_of(path) for path in dict.fromkeys(p for p, _ in records.complete)}
     from mlflow import MlflowClient
 
-    from tracker.tracking import check_tracking_server, experiment_id, finished_runs, write_finished_runs
+    from tracker.recording.lifecycle import (
+        check_tracking_server,
+        experiment_id,
+        finished_runs,
+        write_finished_runs,
+    )
 
     check_tracking_server()
     client = MlflowClient()
@@ -176,7 +189,7 @@ def _difference(then: str, now: str) -> str:
 
 def _run(config: ImportConfig, dataset: str, path: Path, row: Row, phase_rows: list[Row], identity: str, options: str,
          kind: str | None, kind_reason: str) -> Any:
-    from tracker.tracking import FinishedRun
+    from tracker.recording.lifecycle import FinishedRun
 
     outcome = RunOutcome()
     phase_metrics: dict[str, float] = {}

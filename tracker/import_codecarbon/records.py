@@ -77,7 +77,7 @@ def record_id(row: Row) -> str:
 
 def phase_slug(task_name: str) -> str:
     """An MLflow-safe metric name part: 'transfer model to GPU' -> 'transfer_model_to_gpu'."""
-    from tracker.summary import metric_name_part
+    from tracker.recording.metrics import metric_name_part
 
     return metric_name_part(task_name, "unnamed")
 

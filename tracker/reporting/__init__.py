@@ -74,8 +74,8 @@ def _check_output(folder: Path) -> None:
 def build_report(config: ReportConfig) -> ReportResult:
     from mlflow import MlflowClient
 
+    from tracker.recording.lifecycle import check_tracking_server, recorded_run
     from tracker.reporting.collect import default_experiments, read_runs
-    from tracker.tracking import check_tracking_server, recorded_run
 
     countries = tables.check_countries(list(config.countries))
     _check_output(config.output)
@@ -213,7 +213,7 @@ def _tag_stars(client: Any, runs: Any, models: Any, report_run_id: str) -> None:
     """Every compared run gets its model row's stars and how they were given."""
     import pandas as pd
 
-    from tracker.tracking import update_runs
+    from tracker.recording.lifecycle import update_runs
 
     rated = runs.merge(models[tables.MODEL_KEY + ["stars"]], on=tables.MODEL_KEY, how="left")
     basis = {task: tables.rating_basis(models, task) for task in models["task"].unique()}

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from tracker.errors import ConfigError
-from tracker.tracking import finished_runs
+from tracker.recording.lifecycle import finished_runs
 
 NOT_RECORDED = ""  # a setting the run does not record (imported records have no batch size)
 
@@ -75,7 +75,7 @@ def live_experiment(client: Any, name: str) -> Any:
     """The experiment called ``name``; one that does not exist (or was deleted) is refused in one line."""
     experiment = client.get_experiment_by_name(name)
     if not _live(experiment):
-        from tracker.tasks import did_you_mean
+        from tracker.errors import did_you_mean
 
         known = [e.name for e in client.search_experiments()]
         raise ConfigError(f"experiment '{name}' does not exist.{did_you_mean(name, known)} "

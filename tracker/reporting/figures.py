@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tracker.pareto import pareto_front
+from tracker.measurement.pareto import pareto_front
 
 BY_TASK, BY_QUALITY, BY_SIZE, BY_KIND = FILES = (
     "energy_by_task.png", "energy_vs_quality.png", "energy_vs_size.png", "multipurpose_vs_task_specific.png")

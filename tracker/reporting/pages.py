@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 OPEN_ROWS = 15  # longer tables are folded on the HTML page
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 # Charging an average smartphone takes 0.012 kWh: the paper's comparison (after the US EPA's figure).
 PHONE_CHARGE_KWH = 0.012
 STAR_BANDS = 5
@@ -135,7 +134,7 @@ def regional_table(tasks: Any, countries: list[str]) -> Any:
     """Each task's mean energy under other grids: gCO2eq per 1,000 inferences, by CodeCarbon's mix."""
     import pandas as pd
 
-    from tracker.carbon import country_mixes
+    from tracker.measurement.carbon import country_mixes
 
     mixes = country_mixes()
     rows = []
@@ -151,7 +150,7 @@ def regional_table(tasks: Any, countries: list[str]) -> Any:
 
 def check_countries(countries: list[str]) -> list[str]:
     """ISO codes as CodeCarbon knows them; an unknown one is refused as `--country` refuses it."""
-    from tracker.carbon import resolve_location
+    from tracker.measurement.carbon import resolve_location
 
     return [resolve_location(code).country_iso_code for code in countries if code.strip()]
 

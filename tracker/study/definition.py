@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracker.config import RunConfig
 from tracker.errors import ConfigError
+from tracker.runs.config import RunConfig
 
 _DEFINITION_KEYS = {"task", "models", "datasets", "params", "description", "experiment"}
 

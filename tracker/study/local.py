@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from tracker.child import measure_in_child
-from tracker.study import Outcome, Pending, Progress, StudyDefinition, outcome_of
+from tracker.execution.child import measure_in_child
+from tracker.study.definition import StudyDefinition
+from tracker.study.outcomes import Outcome, Pending, Progress, outcome_of
 
 
 def measure_locally(client: Any, definition: StudyDefinition, pending: Pending,

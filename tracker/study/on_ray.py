@@ -1,5 +1,5 @@
 """The Ray executor: a study's combinations spread over a Ray cluster, one measurement per node (or
-per GPU) at a time (``tracker.cluster`` places them).
+per GPU) at a time (``tracker.execution.cluster`` places them).
 
 Each combination is a Ray task that runs `tracker run` in a child process on its node, exactly as
 the local executor does on this machine (``measure_in_child``), logging to the tracking store this
@@ -20,9 +20,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracker.cluster import NodeSlots, check_store_for, connect, short, stop, tracking_env
 from tracker.errors import TrackerError
-from tracker.study import Combination, Executor, Outcome, Pending, Progress, StudyDefinition
+from tracker.execution.cluster import (
+    NodeSlots,
+    check_store_for,
+    connect,
+    short,
+    stop,
+    tracking_env,
+)
+from tracker.study.definition import Combination, StudyDefinition
+from tracker.study.outcomes import Executor, Outcome, Pending, Progress
 
 NODE_LOSS_RETRIES = 1  # a combination whose node died is tried once more, elsewhere
 WAIT_S = 2.0  # how often the driver looks at the cluster while tasks run
@@ -35,9 +43,9 @@ def measure_on_node(config: dict[str, Any], tags: dict[str, str], attempt: str, 
     import ray
     from mlflow import MlflowClient
 
-    from tracker.child import measure_in_child
-    from tracker.cluster import cancellable
-    from tracker.config import RunConfig
+    from tracker.execution.child import measure_in_child
+    from tracker.execution.cluster import cancellable
+    from tracker.runs.config import RunConfig
 
     os.environ.update(env)
     context = ray.get_runtime_context()
@@ -127,7 +135,7 @@ def ray_executor(*, address: str | None, per_node: int) -> Executor:
 
 def _lost(client: Any, flight: _Flight, tags: dict[str, str], reason: str, record_missing: bool = True) -> Outcome:
     """The outcome of a task that returned no result: its run closed with the reason."""
-    from tracker.child import close_lost_attempt
+    from tracker.execution.child import close_lost_attempt
 
     run_id = close_lost_attempt(client, flight.combination.config,
                                 tags | {"tracker.executor.node": flight.node}, flight.attempt, reason,

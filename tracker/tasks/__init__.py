@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from tracker.errors import ConfigError
+from tracker.errors import ConfigError, did_you_mean
 from tracker.tasks.base import Task
 
 _REGISTRY: dict[str, type[Task]] = {}
@@ -17,12 +15,6 @@ def register(cls: type[Task]) -> type[Task]:
 
 def task_names() -> list[str]:
     return sorted(_REGISTRY)
-
-
-def did_you_mean(value: str, choices: list[str]) -> str:
-    """' Did you mean 'x'?' for the closest choice, or an empty string."""
-    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
 
 
 def get_task(name: str) -> Task:

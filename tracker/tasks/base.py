@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tracker.remote_code import pretrained
+from tracker.loading.remote_code import pretrained
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.builtin import save_tiny_distilbert
-from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.loading.builtin import save_tiny_distilbert
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    texts_of,
+)
 from tracker.tasks.prose import paragraph
 
 MASK = "<mask>"  # replaced by the model's own mask token at prediction time

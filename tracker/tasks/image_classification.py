@@ -6,11 +6,17 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.media import SHAPES, load_image, write_scenes
-from tracker.tasks import register
-from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                class_name, input_dtype)
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    class_name,
+    input_dtype,
+)
+from tracker.tasks.media import SHAPES, load_image, write_scenes
 
 
 @register

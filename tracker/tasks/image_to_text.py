@@ -6,13 +6,20 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.builtin import train_tokenizer
-from tracker.media import load_image, write_scenes
-from tracker.remote_code import pretrained
-from tracker.tasks import register
-from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                decode_generated, input_dtype, texts_of)
+from tracker.loading.builtin import train_tokenizer
+from tracker.loading.remote_code import pretrained
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    decode_generated,
+    input_dtype,
+    texts_of,
+)
+from tracker.tasks.media import load_image, write_scenes
 
 
 @register
@@ -71,8 +78,14 @@ class ImageToText(Task):
         return f"image {value.width}x{value.height}"
 
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
-        from transformers import (GPT2Config, GPT2LMHeadModel, ViTConfig, ViTImageProcessor, ViTModel,
-                                  VisionEncoderDecoderModel)
+        from transformers import (
+            GPT2Config,
+            GPT2LMHeadModel,
+            VisionEncoderDecoderModel,
+            ViTConfig,
+            ViTImageProcessor,
+            ViTModel,
+        )
 
         tokenizer = train_tokenizer(texts_of(rows), "bart")
         encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,

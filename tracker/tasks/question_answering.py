@@ -6,10 +6,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.builtin import save_tiny_distilbert
-from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.loading.builtin import save_tiny_distilbert
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    texts_of,
+)
 from tracker.tasks.prose import ORGANISATIONS, PEOPLE, PLACES
 
 MAX_ANSWER_TOKENS = 30  # as in the SQuAD reference implementations

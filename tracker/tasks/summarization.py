@@ -7,11 +7,17 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.builtin import train_tokenizer
-from tracker.tasks import register
-from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                decode_generated, texts_of)
+from tracker.loading.builtin import train_tokenizer
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    decode_generated,
+    texts_of,
+)
 
 
 @register

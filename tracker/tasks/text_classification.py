@@ -7,10 +7,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tracker import quality
-from tracker.builtin import save_tiny_distilbert
-from tracker.tasks import register
-from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.loading.builtin import save_tiny_distilbert
+from tracker.tasks import quality, register
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    texts_of,
+)
 
 SENTIMENT = ("negative", "positive")
 # Spellings of the same class in model configs and datasets.

@@ -7,10 +7,18 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker.builtin import train_tokenizer
+from tracker.loading.builtin import train_tokenizer
 from tracker.tasks import register
-from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task,
-                                decode_generated, pad_on_the_left, texts_of)
+from tracker.tasks.base import (
+    BatchOutput,
+    DatasetSpec,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    decode_generated,
+    pad_on_the_left,
+    texts_of,
+)
 from tracker.tasks.prose import paragraph
 
 MIN_WORDS = 16  # shorter texts (WikiText's headings and blank lines) are passed over

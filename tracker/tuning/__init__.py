@@ -11,7 +11,7 @@ Layout of a search, in MLflow and Optuna:
   its trials, so that the comparison spans the same drift in the machine's load as the trials;
   each measurement is stored on the study;
 - one nested MLflow run per trial, measured in a child process; the trials that share a model
-  load (the batch sizes of one precision) share one child (``tracker.child.SharedLoadChild``), so a
+  load (the batch sizes of one precision) share one child (``tracker.execution.child.SharedLoadChild``), so a
   trial that kills its process (SIGILL, a segfault, the OOM killer) is recorded FAILED with the
   signal's name, that precision alone suffers, and the search goes on.
 
@@ -36,7 +36,7 @@ The package, by concern: ``config`` (the search's settings and the quality const
 lock), ``baseline`` (the reference measurement
 and the spreads stored on the study), ``search`` (the search and its objective), ``results`` (the
 best settings, the summary and the plots on the parent run). The runs themselves are opened and
-ended by ``tracker.tracking``.
+ended by ``tracker.recording.lifecycle``.
 """
 
 from tracker.tuning.config import DEFAULT_STORAGE, TuneConfig, feasibility

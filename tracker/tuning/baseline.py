@@ -9,9 +9,9 @@ import math
 import time
 from typing import Any
 
-from tracker.config import RunConfig
 from tracker.errors import TrackerError
-from tracker.stats import Spread, pooled
+from tracker.measurement.stats import Spread, pooled
+from tracker.runs.config import RunConfig
 
 logger = logging.getLogger(__name__)
 

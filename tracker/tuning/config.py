@@ -6,10 +6,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tracker.config import RunConfig
 from tracker.errors import ConfigError
-from tracker.tuning.strategies import (DEFAULT_KNOBS, PRECISION_ORDER, STRATEGIES, Space, knob_values,
-                                       parse_knobs)
+from tracker.runs.config import RunConfig
+from tracker.tuning.strategies import (
+    DEFAULT_KNOBS,
+    PRECISION_ORDER,
+    STRATEGIES,
+    Space,
+    knob_values,
+    parse_knobs,
+)
 
 Objective = Literal["carbon", "pareto"]
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -65,7 +71,7 @@ class TuneConfig:
         return [2 ** i for i in range(int(math.log2(self.max_batch_size)) + 1)]
 
     def search_precisions(self, device: str) -> list[str]:
-        from tracker.precision import PRECISIONS
+        from tracker.loading.precision import PRECISIONS
 
         if self.precisions:
             return list(self.precisions)
@@ -91,8 +97,8 @@ class TuneConfig:
 def parse_tune_config(run: RunConfig, **raw: Any) -> TuneConfig:
     """A TuneConfig from raw values (the CLI's strings, or the API's numbers and lists); empty and
     None mean "default". Each bad value gets a one-line error naming its flag."""
-    from tracker.config import _integer, _number, flag
-    from tracker.precision import PRECISIONS
+    from tracker.loading.precision import PRECISIONS
+    from tracker.runs.config import _integer, _number, flag
 
     raw = {k: v for k, v in raw.items() if v not in (None, "")}
     known = {"n_trials", "max_batch_size", "precisions", "max_quality_drop", "objective", "study_name", "storage",

@@ -7,8 +7,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tracker.cluster import NodeSlots, check_store_for, connect, short, stop, tracking_env
 from tracker.errors import ConfigError, TrackerError
+from tracker.execution.cluster import (
+    NodeSlots,
+    check_store_for,
+    connect,
+    short,
+    stop,
+    tracking_env,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +31,8 @@ def run_worker(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 
     import ray
 
-    from tracker.cluster import cancellable
-    from tracker.signals import die_with_parent
+    from tracker.execution.cluster import cancellable
+    from tracker.recording.signals import die_with_parent
 
     def work(started: Any) -> tuple[int, str, str]:
         process = subprocess.Popen([sys.executable, "-m", "tracker", *argv], env=dict(os.environ) | env,

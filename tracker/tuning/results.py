@@ -9,10 +9,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tracker.pareto import pareto_front
-from tracker.stats import Spread, pooled, ratio_interval
+from tracker.measurement.pareto import pareto_front
+from tracker.measurement.stats import Spread, pooled, ratio_interval
+from tracker.tuning.baseline import (
+    BASELINE_ATTR,
+    OBJECTIVE_METRIC,
+    baseline_spread,
+    trial_spread,
+)
 from tracker.tuning.strategies import KNOBS, key
-from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, trial_spread
 
 
 def feasible_trials(study: Any) -> list[Any]:
@@ -138,7 +143,7 @@ def describe(params: dict[str, Any]) -> str:
 def _close_orphans(client: Any, study: Any, parent_id: str) -> None:
     """Runs of trials whose worker died with them (killed with its whole process group): the
     trial was failed through the heartbeat; its run is closed FAILED, not left RUNNING."""
-    from tracker.tracking import end_run
+    from tracker.recording.lifecycle import end_run
 
     failed = {str(t.number) for t in study.trials if t.state.name == "FAIL"}
     experiment_id = client.get_run(parent_id).info.experiment_id

@@ -9,15 +9,27 @@ import math
 import os
 from typing import Any
 
-from tracker.child import SharedLoadChild, measure_in_child
-from tracker.config import RunConfig
 from tracker.errors import RunInterrupted, TrackerError
-from tracker.signals import interrupts_raise
-from tracker.tuning.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
-                                   record_baseline, wait_for_baseline)
+from tracker.execution.child import SharedLoadChild, measure_in_child
+from tracker.recording.signals import interrupts_raise
+from tracker.runs.config import RunConfig
+from tracker.tuning.baseline import (
+    MIN_WINDOWS,
+    OBJECTIVE_METRIC,
+    baseline_config,
+    baseline_failed,
+    carbon_spread,
+    record_baseline,
+    wait_for_baseline,
+)
 from tracker.tuning.config import TuneConfig, feasibility
 from tracker.tuning.results import describe, summarize
-from tracker.tuning.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
+from tracker.tuning.storage import (
+    create_or_load,
+    open_storage,
+    safe_url,
+    single_sqlite_worker,
+)
 from tracker.tuning.strategies import Space, StructuredSampler, make_sampler
 
 logger = logging.getLogger(__name__)
@@ -35,9 +47,9 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     import optuna
     from mlflow import MlflowClient
 
-    from tracker.session import resolve_device
+    from tracker.loading.device import resolve_device
+    from tracker.recording.lifecycle import check_tracking_server, resumed_run
     from tracker.tasks import get_task
-    from tracker.tracking import check_tracking_server, resumed_run
 
     check_tracking_server()
     task = get_task(config.run.task)
@@ -93,7 +105,7 @@ class _StopWhenDone:
 
 def _start_search(client: Any, config: TuneConfig, study: Any, task: Any, device: str) -> None:
     """The creating worker: the parent run, the search space, then the baseline on the study."""
-    from tracker.tracking import end_run, ending, open_run
+    from tracker.recording.lifecycle import end_run, ending, open_run
 
     run = config.run
     tags = {"tracker.tune.study": study.study_name, "tracker.tune.role": "parent",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tracker.errors import ConfigError
-from tracker.stats import Spread, pooled
+from tracker.measurement.stats import Spread, pooled
 
 STRATEGIES = ("structured", "tpe", "gp", "random", "grid")
 Strategy = Literal["structured", "tpe", "gp", "random", "grid"]

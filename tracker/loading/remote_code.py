@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import ModelLoadError
-from tracker.weights import load_error
+from tracker.loading.weights import load_error
 
 TRUST_FLAG = "--trust-remote-code"
 # Files in which a model folder names code of its own for transformers or diffusers to import.

@@ -16,15 +16,14 @@ their stderr may be a pipe to the dead parent: what is said while closing must n
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from tracker.console import say
 from tracker.errors import RunInterrupted
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -106,12 +105,6 @@ def _hold(signum: int, frame: object) -> None:
     if _state.held == 1:
         say(f"tracker: {name} while stopping after {_state.first}: closing the run with the energy "
             f"measured so far first ({QUIT_AFTER - 1} more to quit at once)")
-
-
-def say(line: str) -> None:
-    """One line on stderr that cannot fail: stderr may be a pipe to a parent that is gone."""
-    with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr, flush=True)
 
 
 def _prctl() -> Callable[..., int] | None:

@@ -24,7 +24,7 @@ SPOOL_ENV = "TRACKER_SPOOL_DIR"
 
 def spool_dir() -> Path:
     """``TRACKER_SPOOL_DIR``, else ``spool`` in the tracker's cache folder."""
-    from tracker.builtin import cache_dir
+    from tracker.loading.builtin import cache_dir
 
     configured = os.environ.get(SPOOL_ENV)
     return Path(configured) if configured else cache_dir() / "spool"

@@ -146,7 +146,7 @@ class _Session:
     outside named phases, summed into one window."""
 
     def __init__(self, recorder: Any, meter: Any) -> None:
-        from tracker.runner import RunOutcome
+        from tracker.measurement.outcome import RunOutcome
 
         self.recorder, self.meter = recorder, meter
         self.outcome = RunOutcome()
@@ -186,7 +186,7 @@ class _Session:
     def phase(self, name: str) -> Iterator[None]:
         if self._segment is None:
             raise ConfigError("phases do not nest: close the open one first")
-        from tracker.runner import LOAD_PHASE
+        from tracker.runs.loop import LOAD_PHASE
 
         self.close_query()
         try:
@@ -199,8 +199,8 @@ class _Session:
 
     def query_reading(self) -> Any:
         """The query segments as one reading (their energies and windows summed)."""
-        from tracker.meter import PhaseReading
-        from tracker.runner import QueryReading
+        from tracker.measurement.meter import PhaseReading
+        from tracker.measurement.outcome import QueryReading
 
         done = [r for r in self.segments if r.energy is not None]
         if not done:
@@ -208,7 +208,7 @@ class _Session:
         reading = PhaseReading(QUERY, energy=_sum(r.energy for r in done), machine=_sum(r.seen for r in done),
                                window=_sum(r.window for r in done if r.window is not None),
                                reason="; ".join(r.reason for r in done if r.reason))
-        from tracker.attribution import contention
+        from tracker.measurement.attribution import contention
 
         reading.contended = contention(reading.window) if reading.window is not None else None
         return QueryReading(reading, inferences=self.outputs, generated_tokens=self.tokens,
@@ -226,11 +226,16 @@ def _measured(*, task: str, model: str, dataset: str | None, experiment: str | N
               tags: dict[str, str]) -> Iterator[Measurement]:
     import mlflow
 
-    from tracker.carbon import resolve_location
-    from tracker.meter import EnergyMeter
-    from tracker.session import log_records, outcome_tags, resolve_device, version_tags
-    from tracker.summary import run_metrics
-    from tracker.tracking import RunDataset, check_tracking_server, recorded_run
+    from tracker.loading.device import resolve_device
+    from tracker.measurement.carbon import resolve_location
+    from tracker.measurement.meter import EnergyMeter
+    from tracker.recording.lifecycle import (
+        RunDataset,
+        check_tracking_server,
+        recorded_run,
+    )
+    from tracker.recording.metrics import run_metrics
+    from tracker.recording.provenance import log_records, outcome_tags, version_tags
 
     check_tracking_server()
     location = resolve_location(country, carbon_intensity)

@@ -21,14 +21,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from tracker import spool
 from tracker.errors import RunInterrupted, TrackingServerError, TrackingServerLost
-from tracker.signals import defer_interrupts
+from tracker.recording import spool
+from tracker.recording.signals import defer_interrupts
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class RunRecorder:
     """Writes one run's params, metrics, tags and artifacts, and ends it.
 
     When a remote tracking server stops answering mid-run, every call from then on goes to a local
-    spool file instead (``tracker.spool``), so nothing measured is lost; `tracker sync` uploads it.
+    spool file instead (``tracker.recording.spool``), so nothing measured is lost; `tracker sync` uploads it.
     """
 
     def __init__(self, client: Any, run_id: str, experiment_id: str) -> None:
@@ -416,7 +416,7 @@ class FinishedRun:
 def write_finished_runs(experiment: str, runs: list[FinishedRun], *, chunk: int = 200) -> list[str]:
     """Write ``runs`` into ``experiment``, FINISHED, ``chunk`` at a time; returns their run ids.
 
-    On a SQL store each chunk is one transaction (``tracker.sql_bulk``), so a chunk is there whole
+    On a SQL store each chunk is one transaction (``tracker.recording.sql_bulk``), so a chunk is there whole
     or not at all, and a Ctrl-C waits for the chunk being written. Elsewhere (a tracking server)
     each run is made with MLflow's client and ended FAILED, with the reason, if a call fails.
     The run a new one ``replaces`` (imported before with other options) is deleted, as `mlflow
@@ -426,7 +426,7 @@ def write_finished_runs(experiment: str, runs: list[FinishedRun], *, chunk: int 
 
     from mlflow import MlflowClient
 
-    from tracker import sql_bulk
+    from tracker.recording import sql_bulk
 
     client = MlflowClient()
     exp_id = experiment_id(client, experiment)
@@ -472,7 +472,7 @@ def update_runs(client: Any, *, tags: dict[str, dict[str, str]] | None = None,
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
 
-    from tracker import sql_bulk
+    from tracker.recording import sql_bulk
 
     tags, metrics, delete_tags = tags or {}, metrics or {}, delete_tags or {}
     store = sql_bulk.sql_store(client)
@@ -508,7 +508,9 @@ def _write_one(client: Any, exp_id: str, run: FinishedRun, here: dict[str, str])
 def _write_texts(artifact_uri: str, texts: dict[str, str]) -> None:
     import tempfile
 
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.artifact_repository_registry import (
+        get_artifact_repository,
+    )
 
     if not texts:
         return

@@ -21,8 +21,8 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from tracker.builtin import cache_dir
 from tracker.errors import PrecisionUnsupportedError
+from tracker.loading.builtin import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def probe(device: str, precision: str) -> ProbeResult:
 
 def probe_command(device: str, precision: str) -> list[str]:
     """The child process that tries a precision (tests replace it with one that really dies)."""
-    return [sys.executable, "-m", "tracker.precision", device, precision]
+    return [sys.executable, "-m", "tracker.loading.precision", device, precision]
 
 
 def _run_probe(device: str, precision: str, env: dict[str, str]) -> ProbeResult:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import re
 
-from tracker.runner import QueryReading, RunOutcome
-from tracker.stats import Spread, percentile
+from tracker.measurement.outcome import QueryReading, RunOutcome
+from tracker.measurement.stats import Spread, percentile
 
 
 def metric_name_part(text: str, empty: str) -> str:

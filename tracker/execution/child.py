@@ -3,7 +3,7 @@
 Studies measure each combination in its own process (`tracker run`): a model that kills its
 process (SIGILL, a segfault, the OOM killer) then fails alone, and memory is returned between
 runs. A search measures the settings that share a model load (the batch sizes of one precision) in
-one longer-lived child (``SharedLoadChild``, this module run as ``python -m tracker.child``): one
+one longer-lived child (``SharedLoadChild``, this module run as ``python -m tracker.execution.child``): one
 load and one start-up for all of them, one run and one set of query windows each, and a crash
 still fails only that precision's process.
 """
@@ -23,9 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tracker.config import RunConfig, flag
-from tracker.signals import die_with_parent, say
-from tracker.tracking import end_run, failed_run
+from tracker.console import configure_logging, say
+from tracker.recording.lifecycle import end_run, failed_run
+from tracker.recording.signals import die_with_parent
+from tracker.runs.config import RunConfig, flag
 
 
 @dataclass
@@ -219,7 +220,7 @@ class SharedLoadChild:
 
 def serve_command() -> list[str]:
     """The shared-load child's command line: this module, serving runs read from stdin."""
-    return [sys.executable, "-m", "tracker.child"]
+    return [sys.executable, "-m", "tracker.execution.child"]
 
 
 def shared_load_key(config: RunConfig) -> tuple[Any, ...]:
@@ -232,8 +233,6 @@ def serve() -> int:
     """The child's side: read one run a line ({"config": ..., "tags": ...}) from stdin, measure it
     keeping the model loaded, answer one line on the original stdout ({"status", "run_id" or
     "error"}). Anything else printed to stdout goes to stderr, so it cannot break the exchange."""
-    from tracker.cli import configure_logging
-
     configure_logging()
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
@@ -246,7 +245,7 @@ def serve() -> int:
 
 def _serve(answers: Any, kept: dict[tuple[Any, ...], Any]) -> int:
     from tracker.errors import RunInterrupted, TrackerError
-    from tracker.session import measure
+    from tracker.runs.session import measure
 
     for line in sys.stdin:
         request = json.loads(line)

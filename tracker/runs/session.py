@@ -10,39 +10,44 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import platform
 import sys
-from contextlib import contextmanager
 from collections.abc import Iterator
-from importlib import metadata
+from contextlib import contextmanager
 from typing import Any
 
-from tracker import hub
-from tracker.api import RunResult
-from tracker.carbon import resolve_location
-from tracker.config import RunConfig
-from tracker.data import Columns, LoadedDataset, load_dataset
 from tracker.errors import ConfigError
-from tracker.attribution import CONTENDED_BACKGROUND_SHARE, contention, gpu_counter_check
-from tracker.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
-from tracker.models import resolve_model
-from tracker.multipurpose import decide_kind
-from tracker.precision import ensure_supported
-from tracker.remote_code import remote_code
-from tracker.runner import RunOutcome, RunPlan, execute, length_order
-from tracker.signals import interrupts_raise
-from tracker.summary import run_metrics
+from tracker.loading import hub
+from tracker.loading.device import resolve_device
+from tracker.loading.precision import ensure_supported
+from tracker.loading.remote_code import remote_code
+from tracker.measurement.carbon import resolve_location
+from tracker.measurement.meter import EnergyMeter
+from tracker.measurement.outcome import RunOutcome
+from tracker.recording.lifecycle import (
+    Heartbeat,
+    RunDataset,
+    RunRecorder,
+    check_tracking_server,
+    recorded_run,
+)
+from tracker.recording.metrics import run_metrics
+from tracker.recording.provenance import log_records, outcome_tags, version_tags
+from tracker.recording.signals import interrupts_raise
+from tracker.runs.config import RunConfig
+from tracker.runs.loop import RunPlan, execute, length_order
+from tracker.runs.result import RunResult
+from tracker.sources.data import Columns, LoadedDataset, load_dataset
+from tracker.sources.mlflow_models import tag_version
+from tracker.sources.models import resolve_model
+from tracker.sources.multipurpose import decide_kind
 from tracker.tasks import get_task
 from tracker.tasks.base import GenerationSettings
-from tracker.mlflow_models import tag_version
-from tracker.tracking import Heartbeat, RunDataset, RunRecorder, check_tracking_server, recorded_run
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_SAMPLE_ROWS = 50
 SAMPLE_TEXT_CHARS = 200  # inputs and predictions are cut to this in predictions_sample.csv
 COMPILE_WARMUP_BATCHES = 3  # torch.compile: first call, first new shape (measured: 28 s and 15 s, tiny BERT, CPU)
-VERSIONED_PACKAGES = ("tracker", "torch", "transformers", "codecarbon", "mlflow", "datasets")
 
 
 def measure(config: RunConfig, *, tags: dict[str, str] | None = None,
@@ -157,24 +162,6 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device '{requested}' requested but torch sees no CUDA GPU; use --device cpu")
-        index = int(requested.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"device '{requested}' does not exist: torch sees "
-                              f"{torch.cuda.device_count()} GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-        return f"cuda:{index}"
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' requested but it is not available; use --device cpu")
-    return requested
-
-
 def _seed(seed: int) -> None:
     import random
 
@@ -257,85 +244,6 @@ def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outco
     if outcome.predictions:
         recorder.log_text(_prediction_sample(plan, outcome, log_inputs), "predictions_sample.csv")
     return metrics, tags
-
-
-def outcome_tags(meter: EnergyMeter, outcome: RunOutcome, *, expected_inferences: int | None,
-                 note: str) -> dict[str, str]:
-    """How every figure was obtained: the meter's methods, the hardware, unreadable components,
-    attribution and contention, and why quality is missing where it is."""
-    tags = meter.provenance()
-    if outcome.quality_unavailable:
-        tags["tracker.quality.unavailable"] = outcome.quality_unavailable
-        tags["tracker.quality.meaningful"] = "false"
-    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
-    unreadable = [r for r in meter.readings if r.reason]
-    if unreadable:
-        tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
-    tags.update(measurement_tags(outcome, expected_inferences=expected_inferences, note=note,
-                                 attribution=meter.rates().describe()))
-    return tags
-
-
-def log_records(recorder: RunRecorder, meter: EnergyMeter) -> None:
-    """CodeCarbon's own rows for every phase, as an artifact."""
-    records = meter.records_csv()
-    if records:
-        recorder.log_text(records, "codecarbon/emissions.csv")
-
-
-def version_tags() -> dict[str, str]:
-    tags = {"tracker.python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            tags[f"tracker.version.{package}"] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return tags
-
-
-def measurement_tags(outcome: RunOutcome, *, expected_inferences: int | None, note: str = "",
-                     attribution: str = "") -> dict[str, str]:
-    """How the query figures were obtained: attribution, contention, window length, quiet waits."""
-    queries = outcome.complete_queries
-    if not queries:
-        return {}
-    windows = [q.reading.window for q in queries if q.reading.window is not None]
-    tags: dict[str, str] = {}
-    if windows:
-        shares = ", ".join(f"{w.host_share:.2f}" for w in windows)
-        tags["tracker.energy.attribution"] = f"{attribution}; share of busy CPU time per window: {shares}"
-    # Judged over the whole query phase: a window of a few clock ticks is too short to judge alone.
-    overall = contention(sum(windows[1:], windows[0])) if windows else None
-    tags["tracker.measurement.contended"] = str(overall is not None).lower()
-    if overall:
-        single = sum(q.reading.contended is not None for q in queries)
-        reason = (f"over the {len(queries)} query window(s), {overall} ({single} window(s) contended on their "
-                  "own). energy_kwh is attributed to this run; machine_energy_kwh is all the meter saw. For a "
-                  "cleaner figure, measure on a quiet machine or pass --wait-for-quiet SECONDS")
-        tags["tracker.measurement.contended_reason"] = reason
-        tags["mlflow.note.content"] = (note + "\n\n" if note else "") + f"CONTENDED: {reason}."
-    covered = sum(q.reading.energy.duration_s for q in queries)
-    short = covered < MIN_RELIABLE_WINDOW_S
-    tags["tracker.measurement.short_window"] = str(short).lower()
-    if short:
-        tags["tracker.measurement.short_window_reason"] = (
-            f"the query windows lasted {covered:.2f} s in all, under {MIN_RELIABLE_WINDOW_S:g} s: clock ticks, "
-            "counter updates and timer noise weigh on so short a measurement; raise --n-samples, or pass "
-            "--min-duration-s 10 to measure windows until they cover 10 s (with a 95% interval over them)")
-    if outcome.quiet_waits:
-        quiet = sum(w.quiet for w in outcome.quiet_waits)
-        tags["tracker.measurement.quiet_wait"] = (
-            f"waited {sum(w.waited_s for w in outcome.quiet_waits):.1f} s in all before {len(outcome.quiet_waits)} "
-            f"window(s); the machine was quiet before {quiet} of them (other processes under "
-            f"{CONTENDED_BACKGROUND_SHARE:.0%} of its CPU time)")
-    if expected_inferences is not None and queries[-1].inferences < expected_inferences:
-        tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {expected_inferences} "
-                                       "inferences measured before the run stopped")
-    check = gpu_counter_check([(q.reading.seen.gpu_kwh, q.reading.window.gpu_counter_kwh) for q in queries
-                               if q.reading.window is not None and q.reading.window.gpu_counter_kwh is not None])
-    if check:
-        tags["tracker.energy.gpu.counter_check"] = check
-    return tags
 
 
 def _prediction_sample(plan: RunPlan, outcome: RunOutcome, log_inputs: bool) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.errors import ConfigError
-from tracker.precision import PRECISIONS
+from tracker.loading.precision import PRECISIONS
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TRACKING_MODES = ("machine", "process")
@@ -108,11 +108,14 @@ class RunConfig:
     def check_inputs(self) -> None:
         """Check what the run reads (model folder or URI, dataset file) without torch, MLflow or
         the network, so that a wrong path is answered in about the time of ``--help``."""
-        from tracker.builtin import BUILTIN_DATASET, BUILTIN_MODEL
-        from tracker.data import Columns, check_dataset_location, check_file_columns
-        from tracker.mlflow_models import check_model_uri, is_model_uri
-        from tracker.models import check_model_location
-        from tracker.multipurpose import BUILTINS
+        from tracker.loading.builtin import BUILTIN_DATASET, BUILTIN_MODEL, BUILTINS
+        from tracker.sources.data import (
+            Columns,
+            check_dataset_location,
+            check_file_columns,
+        )
+        from tracker.sources.mlflow_models import check_model_uri, is_model_uri
+        from tracker.sources.models import check_model_location
         from tracker.tasks import get_task
 
         if self.model is not None and self.model != BUILTIN_MODEL and self.model not in BUILTINS:

@@ -64,7 +64,7 @@ def resolve_location(country: str | None, intensity_g_per_kwh: float | None = No
                        "pass your grid's ISO 3166 alpha-3 code")
     code = country.strip().upper()
     if code not in country_mixes():
-        from tracker.tasks import did_you_mean
+        from tracker.errors import did_you_mean
 
         raise ConfigError(
             f"unknown country code '{country}': use an ISO 3166 alpha-3 code such as USA, FRA or DEU."

@@ -14,15 +14,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tracker.data import LoadedDataset
-from tracker.meter import EnergyMeter, PhaseReading, QuietWait
-from tracker.models import ModelChoice
-from tracker.multipurpose import ModelKind
-from tracker.precision import convert
+from tracker.loading.precision import convert
+from tracker.measurement.meter import EnergyMeter
+from tracker.measurement.outcome import QueryReading, RunOutcome
+from tracker.sources.data import LoadedDataset
+from tracker.sources.models import ModelChoice
+from tracker.sources.multipurpose import ModelKind
 from tracker.tasks.base import BatchOutput, GenerationSettings, LoadedModel, Task
 
 logger = logging.getLogger(__name__)
@@ -79,32 +80,6 @@ class RunPlan:
         if self.kind.kind == "multi-purpose":
             names.add("max_new_tokens")
         return {name: getattr(self.settings, name) for name in sorted(names)}
-
-
-@dataclass
-class QueryReading:
-    reading: PhaseReading
-    inferences: int = 0
-    generated_tokens: int = 0
-    batch_latencies_ms: list[float] = field(default_factory=list)
-
-
-@dataclass
-class RunOutcome:
-    load: PhaseReading | None = None
-    queries: list[QueryReading] = field(default_factory=list)
-    predictions: list[Any] = field(default_factory=list)
-    references: list[Any] = field(default_factory=list)
-    quality: dict[str, float] = field(default_factory=dict)
-    quality_unavailable: str | None = None  # why quality could not be computed
-    resolved_settings: dict[str, Any] = field(default_factory=dict)  # known once the model is loaded
-    load_shared: bool = False  # the model was loaded (and its load measured) by an earlier run of this process
-    model_parameters: int | None = None  # as loaded, before any conversion
-    quiet_waits: list[QuietWait] = field(default_factory=list)
-
-    @property
-    def complete_queries(self) -> list[QueryReading]:
-        return [q for q in self.queries if q.reading.energy is not None]
 
 
 Progress = Callable[[int], None]

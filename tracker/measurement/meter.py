@@ -4,7 +4,7 @@ A phase is a context manager that always closes its window, also when the body r
 is interrupted, so partial energy is never lost. At both edges of a window the GPU is synchronized
 (work queued inside the window ends inside it) and the probe reads CPU times and counters, so each
 reading holds what the meter saw (``machine``) and the part attributed to the run (``energy``,
-see ``tracker.attribution``). Nothing is written to the working directory and no lock is taken:
+see ``tracker.measurement.attribution``). Nothing is written to the working directory and no lock is taken:
 CodeCarbon's records are kept in memory and logged to MLflow as artifacts.
 """
 
@@ -21,11 +21,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tracker.attribution import (CONTENDED_BACKGROUND_SHARE, FullLoadRates, Window, attribute, contention,
-                                 estimate, gpu_unavailable)
-from tracker.carbon import Location
-from tracker.energy import Energy
-from tracker.readings import Probe, Snapshot, SystemProbe, visible_gpu
+from tracker.measurement.attribution import (
+    CONTENDED_BACKGROUND_SHARE,
+    FullLoadRates,
+    Window,
+    attribute,
+    contention,
+    estimate,
+    gpu_unavailable,
+)
+from tracker.measurement.carbon import Location
+from tracker.measurement.energy import Energy
+from tracker.measurement.readings import Probe, Snapshot, SystemProbe, visible_gpu
 
 logger = logging.getLogger(__name__)
 

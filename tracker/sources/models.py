@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tracker.builtin import BUILTIN_MODEL, build_once, builtin_dataset_file, read_rows
 from tracker.errors import ModelLoadError
-from tracker.mlflow_models import MlflowModel, is_model_uri, resolve_model_uri
-from tracker.remote_code import TRUST_FLAG, custom_code
+from tracker.loading.builtin import (
+    BUILTIN_MODEL,
+    BUILTINS,
+    build_once,
+    builtin_dataset_file,
+    read_rows,
+    save_tiny_language_model,
+)
+from tracker.loading.remote_code import TRUST_FLAG, custom_code
+from tracker.loading.weights import weights_problem
+from tracker.sources.mlflow_models import MlflowModel, is_model_uri, resolve_model_uri
 from tracker.tasks.base import Task, texts_of
-from tracker.weights import weights_problem
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +47,6 @@ class ModelChoice:
 
 def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool,
                   trust_remote_code: bool = False) -> ModelChoice:
-    from tracker.multipurpose import BUILTINS
-
     if requested == BUILTIN_MODEL:
         return builtin_model(task)
     if requested in BUILTINS:
@@ -120,7 +125,6 @@ def builtin_model(task: Task, *, fallback_reason: str | None = None) -> ModelCho
 
 def builtin_multipurpose(name: str) -> ModelChoice:
     """builtin-tiny-seq2seq or builtin-tiny-causal, its tokenizer trained on every prompted task's data."""
-    from tracker.multipurpose import build_builtin
     from tracker.tasks import get_task, task_names
 
     def build(folder: Path) -> None:
@@ -129,7 +133,7 @@ def builtin_multipurpose(name: str) -> ModelChoice:
             if task.prompt_template is not None:
                 rows = read_rows(builtin_dataset_file(task))
                 texts += [task.prompt_template] + texts_of(rows)
-        build_builtin(name, folder, texts)
+        save_tiny_language_model(name, folder, texts)
 
     return ModelChoice(name, str(build_once("models", name, build)), "builtin-tiny")
 

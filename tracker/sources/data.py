@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tracker.builtin import BUILTIN_DATASET, builtin_dataset_file
 from tracker.errors import DatasetError
+from tracker.loading.builtin import BUILTIN_DATASET, builtin_dataset_file
 from tracker.tasks.base import DatasetSpec, Task
 
 logger = logging.getLogger(__name__)

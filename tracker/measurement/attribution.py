@@ -32,8 +32,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tracker.energy import KWH_TO_J, Energy
-from tracker.readings import CLOCK_TICK_S, GpuState, Snapshot, rapl_delta_uj
+from tracker.measurement.energy import KWH_TO_J, Energy
+from tracker.measurement.readings import CLOCK_TICK_S, GpuState, Snapshot, rapl_delta_uj
 
 # Other processes using at least this share of the machine's CPU time make a window contended:
 # above the few percent an idle system's own daemons use, below one busy core on a 8-core machine.

@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 BUILTIN_MODEL = "builtin-tiny"
 BUILTIN_DATASET = "builtin"
+# Multi-purpose stand-ins: a tiny T5 (Flan-T5's architecture) and BLOOM (BLOOMz's), prompted for a task.
+Architecture = Literal["seq2seq", "causal"]
+BUILTIN_SEQ2SEQ = "builtin-tiny-seq2seq"
+BUILTIN_CAUSAL = "builtin-tiny-causal"
+BUILTINS: dict[str, Architecture] = {BUILTIN_SEQ2SEQ: "seq2seq", BUILTIN_CAUSAL: "causal"}
 # Bump when a generator or a tiny model's recipe changes, so stale caches are not reused.
 BUILTIN_VERSION = 2
 
@@ -82,7 +87,15 @@ def train_tokenizer(texts: Iterable[str], style: Literal["bert", "bart"], vocab_
 
     "bert": lower-cased WordPiece with [CLS]/[SEP]; "bart": byte-level BPE with <s>/</s>.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if style == "bert":
@@ -124,4 +137,31 @@ def save_tiny_distilbert(folder: Path, texts: list[str], head: str, **config: An
     settings = transformers.DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=2, n_heads=4,
                                              hidden_dim=128, pad_token_id=tokenizer.pad_token_id, **config)
     getattr(transformers, head)(settings).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def save_tiny_language_model(name: str, folder: Path, texts: list[str]) -> None:
+    """A tiny T5 (the Flan-T5 architecture) or BLOOM (BLOOMz's) with random weights."""
+    from transformers import (
+        BloomConfig,
+        BloomForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
+
+    tokenizer = train_tokenizer(texts, "bart")
+    if BUILTINS[name] == "seq2seq":
+        config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                          num_decoder_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id,
+                          decoder_start_token_id=tokenizer.pad_token_id)
+        model = T5ForConditionalGeneration(config)
+    else:
+        config = BloomConfig(vocab_size=len(tokenizer), hidden_size=64, n_layer=2, n_head=4,
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        model = BloomForCausalLM(config)
+    model.generation_config.update(pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

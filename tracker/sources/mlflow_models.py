@@ -110,7 +110,7 @@ def _fetched(uri: str) -> Path:
     The cache is keyed by tracking URI too, as two stores may both have a version 1 of a name."""
     import mlflow
 
-    from tracker.builtin import cache_dir
+    from tracker.loading.builtin import cache_dir
 
     key = hashlib.sha256(f"{mlflow.get_tracking_uri()} {uri}".encode()).hexdigest()[:16]
     folder = cache_dir() / "mlflow-models" / key

@@ -11,19 +11,21 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from tracker.errors import ConfigError, ModelLoadError
-from tracker.models import ModelChoice
-from tracker.remote_code import pretrained
-from tracker.tasks.base import (BatchOutput, GenerationSettings, LoadedModel, Task, decode_generated,
-                                pad_on_the_left)
+from tracker.loading.builtin import BUILTINS, Architecture
+from tracker.loading.remote_code import pretrained
+from tracker.sources.models import ModelChoice
+from tracker.tasks.base import (
+    BatchOutput,
+    GenerationSettings,
+    LoadedModel,
+    Task,
+    decode_generated,
+    pad_on_the_left,
+)
 
-Architecture = Literal["seq2seq", "causal"]
-BUILTIN_SEQ2SEQ = "builtin-tiny-seq2seq"
-BUILTIN_CAUSAL = "builtin-tiny-causal"
-BUILTINS: dict[str, Architecture] = {BUILTIN_SEQ2SEQ: "seq2seq", BUILTIN_CAUSAL: "causal"}
 # Instruction-tuned families: a seq2seq model of these names is prompted even on summarization,
 # where a seq2seq model is otherwise the task's own kind.
 _INSTRUCTION_TUNED = re.compile(r"flan|\bt0|mt0|bloomz|instruct|chat|tk-", re.IGNORECASE)
@@ -41,7 +43,7 @@ class ModelKind:
 def decide_kind(task: Task, model: ModelChoice, requested: str) -> ModelKind:
     """Whether the model does the task with its own head or is prompted, and why."""
     if model.mlflow is not None and model.mlflow.flavor == "pyfunc":
-        from tracker.mlflow_models import PyfuncPredictor
+        from tracker.sources.mlflow_models import PyfuncPredictor
 
         return ModelKind("task-specific", "an MLflow pyfunc model: run through its predict", PyfuncPredictor(task))
     if requested == "task-specific":
@@ -126,27 +128,3 @@ class PromptedModel:
         decoded = decode_generated(output, loaded, prompt_length)
         decoded.predictions = [self.task.parse_generation(t) for t in decoded.predictions]
         return decoded
-
-
-def build_builtin(name: str, folder: Path, texts: list[str]) -> None:
-    """A tiny T5 (the Flan-T5 architecture) or BLOOM (BLOOMz's) with random weights."""
-    from transformers import BloomConfig, BloomForCausalLM, T5Config, T5ForConditionalGeneration
-
-    from tracker.builtin import train_tokenizer
-
-    tokenizer = train_tokenizer(texts, "bart")
-    if BUILTINS[name] == "seq2seq":
-        config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2,
-                          num_decoder_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.eos_token_id,
-                          decoder_start_token_id=tokenizer.pad_token_id)
-        model = T5ForConditionalGeneration(config)
-    else:
-        config = BloomConfig(vocab_size=len(tokenizer), hidden_size=64, n_layer=2, n_head=4,
-                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                             eos_token_id=tokenizer.eos_token_id)
-        model = BloomForCausalLM(config)
-    model.generation_config.update(pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)

@@ -1,0 +1,3 @@
+"""Where measured runs happen: a child process per run or one that keeps a model loaded, and the
+nodes of a Ray cluster.
+"""
