@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,16 +25,38 @@ def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tracker-cache")
 
 
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MLflow SQLite store, migrated once per session (MLflow's migrations take 3 to 5 s a store
+    here): each test gets a copy. Tests where a fresh store is the point make their own."""
+    folder = tmp_path_factory.mktemp("template-store")
+    subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+                    "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{folder}/mlflow.db"],
+                   cwd=folder, env=subprocess_env(), check=True, capture_output=True, timeout=300)
+    return folder / "mlflow.db"
+
+
+def copy_store(template: Path, destination: Path, artifacts: Path) -> None:
+    """The template store as ``destination``, its Default experiment's artifacts under ``artifacts``
+    (where a store created there would have put them)."""
+    import sqlite3
+
+    shutil.copyfile(template, destination)
+    with contextlib.closing(sqlite3.connect(destination)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(artifacts / "0"),))
+
+
 @pytest.fixture(autouse=True)
-def hermetic(tmp_path: Path, builtin_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def hermetic(tmp_path: Path, builtin_cache: Path, template_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TRACKER_CACHE_DIR", str(builtin_cache))
     monkeypatch.setenv("TRACKER_SPOOL_DIR", str(tmp_path / "spool"))
+    work = tmp_path / "work"
+    work.mkdir()
+    copy_store(template_store, tmp_path / "mlflow.db", work / "mlruns")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    work = tmp_path / "work"
-    work.mkdir()
     monkeypatch.chdir(work)  # the tests check that nothing is written here
     return tmp_path
 
