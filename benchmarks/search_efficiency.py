@@ -101,12 +101,7 @@ def replay(strategy: str, seed: int, grid: dict, *, precisions: tuple[str, ...],
 
     from tracker.tuning import feasibility
     from tracker.tuning.results import ranked_settings
-    from tracker.tuning.strategies import (
-        PRECISION_ORDER,
-        Space,
-        StructuredSampler,
-        make_sampler,
-    )
+    from tracker.tuning.strategies import PRECISION_ORDER, Space, StructuredSampler, make_sampler
 
     targets, _, reference = truth(grid)
     order = PRECISION_ORDER["cpu"]

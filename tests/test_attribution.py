@@ -21,22 +21,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import all_runs
 
-from tracker.measurement.attribution import (
-    FullLoadRates,
-    Window,
-    attribute,
-    contention,
-    estimate,
-    gpu_unavailable,
-)
+from tracker.measurement.attribution import FullLoadRates, Window, attribute, contention, estimate, gpu_unavailable
 from tracker.measurement.energy import Energy
-from tracker.measurement.readings import (
-    CpuTimes,
-    Snapshot,
-    SystemProbe,
-    rapl_delta_uj,
-    visible_gpu,
-)
+from tracker.measurement.readings import CpuTimes, Snapshot, SystemProbe, rapl_delta_uj, visible_gpu
 from tracker.measurement.stats import Spread, percentile, pooled, ratio_interval
 
 

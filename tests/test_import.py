@@ -225,13 +225,7 @@ def test_runs_written_in_one_transaction_on_a_postgresql_store(monkeypatch):
 def _written_both_ways(client):
     import socket
 
-    from tracker.recording.lifecycle import (
-        FinishedRun,
-        _write_one,
-        experiment_id,
-        update_runs,
-        write_finished_runs,
-    )
+    from tracker.recording.lifecycle import FinishedRun, _write_one, experiment_id, update_runs, write_finished_runs
 
     run = FinishedRun(run_name="model-a · imdb · imported", tags={"tracker.imported": "true", "x.y": "é ✓"},
                       params={"task": "text-classification", "n_samples": 1000},

@@ -136,14 +136,7 @@ def test_task_specific_model_is_not_prompted_even_when_asked_auto(cli, client):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A CLIP model and processor built from configs and saved, as a user's local CLIP would be."""
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        CLIPTextConfig,
-        CLIPVisionConfig,
-    )
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPVisionConfig
 
     from tracker.loading.builtin import train_tokenizer
 

@@ -46,10 +46,10 @@ def run(*, task: str, tags: dict[str, str] | None = None, **options: Any) -> Run
     """
     options.setdefault("progress", False)
     config = RunConfig.parse(task=task, **options)
-    config.check_inputs()  # before the session's imports: bad input is answered in about --help's time
+    reference = config.check_inputs()  # before the session's imports: bad input is answered in about --help's time
     from tracker.runs.session import measure as measure_run
 
-    return measure_run(config, tags=tags)
+    return measure_run(config, reference=reference, tags=tags)
 
 
 def tune(*, task: str, **options: Any) -> TuneResult:
@@ -57,11 +57,11 @@ def tune(*, task: str, **options: Any) -> TuneResult:
     that keeps quality (``tracker tune``); options are its flags by their Python names
     (``n_trials``, ``max_batch_size``, ``precisions`` and ``knobs`` as lists, ``strategy``,
     ``max_quality_drop``, ``storage``, ...)."""
-    from tracker.cli import TUNE_FLAGS
+    from tracker.options import options_of
     from tracker.tuning import tune as search
-    from tracker.tuning.config import parse_tune_config
+    from tracker.tuning.config import TuneConfig, parse_tune_config
 
-    search_options = {name: options.pop(name) for name in TUNE_FLAGS if name in options}
+    search_options = {f.name: options.pop(f.name) for f in options_of(TuneConfig) if f.name in options}
     options.setdefault("progress", False)
     config = parse_tune_config(RunConfig.parse(task=task, **options), **search_options)
     summary = search(config)

@@ -13,88 +13,18 @@ import sys
 
 from tracker.console import configure_logging, say
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
+from tracker.execution.placement import Placement
+from tracker.options import add_flags, boolean, integer, options_of
 from tracker.recording.signals import signals_restored
-from tracker.runs.config import _integer, boolean
-
-# Each run parameter: (flag, help). Values stay strings here; RunConfig.parse validates them.
-RUN_FLAGS = {
-    "task": "task to run (see `tracker tasks`)",
-    "model": "Hugging Face Hub id, local folder, or builtin-tiny (default: the task's)",
-    "dataset": "study dataset name, local file (csv/jsonl/json/parquet), Hub id, or builtin",
-    "n_samples": "inferences per measured query phase (default 1000, as in the paper)",
-    "batch_size": "inputs per forward pass (default 1, as in the paper)",
-    "precision": "fp32, fp16, bf16 or int8 (dynamic quantization, CPU) (default fp32)",
-    "device": "auto, cpu, cuda, cuda:N or mps (default auto)",
-    "repeats": "measured repetitions of the query phase (default 1)",
-    "min_duration_s": "measure more query windows until they cover this many seconds (default 0: repeats only)",
-    "wait_for_quiet": "before each window, wait up to this many seconds for other processes to calm down (default 0)",
-    "warmup": "batches run before measuring, not counted (default 1)",
-    "country": "ISO 3166 alpha-3 code of the grid (default: CodeCarbon config, else USA)",
-    "carbon_intensity": "gCO2eq/kWh, overrides the country's grid mix",
-    "max_new_tokens": "generated tokens per output, generative tasks (default 15)",
-    "image_size": "text-to-image: image height and width in pixels (default: the model's)",
-    "num_inference_steps": "text-to-image: denoising steps (default 50)",
-    "guidance_scale": "text-to-image: classifier-free guidance scale (default 7.5)",
-    "model_kind": "auto, task-specific, or multi-purpose (a prompted LM; auto decides from the model)",
-    "experiment": "MLflow experiment (default: the task's name)",
-    "seed": "random seed (default 0)",
-    "tracking_mode": "CodeCarbon tracking mode: machine or process (default machine)",
-    "text_column": "input column of a custom dataset (text, question, image or audio path)",
-    "target_column": "reference/label column of a custom dataset",
-    "threads": "torch CPU threads (default: torch's, the physical cores)",
-    "attention": "attention implementation, sdpa or eager (default: the model's)",
-}
-
-# Run switches that take an optional true|false: (flag, help).
-RUN_SWITCHES = {
-    "sort_by_length": "batch inputs of similar length together, so batches carry less padding (default: false)",
-    "compile": "torch.compile the model; compiled during the unmeasured warm-up (default: false)",
-}
-
-
-# The search's own parameters: (flag, help); validated by _tune.
-TUNE_FLAGS = {
-    "n_trials": "trials in the study, all workers together (default 20)",
-    "max_batch_size": "largest batch size tried; powers of two up to it (default 64)",
-    "precisions": "comma-separated precisions to try (default: all that apply to the device)",
-    "max_quality_drop": "allowed quality loss against fp32 at batch 1, a fraction (default 0.01)",
-    "objective": "carbon (lowest gCO2eq per output, quality as a constraint) or pareto (default carbon)",
-    "study_name": "Optuna study name; the same name and storage continue a study (default: derived)",
-    "storage": "sqlite:///FILE (one worker, default sqlite:///optuna.db) or postgresql://... (several)",
-    "min_window_s": "repeat the query phase until the baseline fills this many seconds (default 3)",
-    "heartbeat_s": "seconds between a worker's heartbeats; a trial silent 3x as long is retried (default 30)",
-    "sampler_seed": "seed of the sampler (default: random)",
-    "baseline_every": "measure the baseline (batch 1, fp32) again after this many trials of a worker (default 4)",
-    "strategy": "structured (default: largest batch first per precision, bisect where quality breaks, "
-                "confirm the leaders), tpe, gp, random or grid",
-    "knobs": "comma-separated knobs to search: batch_size, precision, threads, sort_by_length, attention, "
-             "compile (default: batch_size,precision)",
-}
-
-
-# Where a study's runs, or a search's workers, happen: (flag, help).
-EXECUTOR_FLAGS = {
-    "executor": "local (default: one after another on this machine) or ray (spread over a Ray cluster, "
-                "one measurement per node at a time)",
-    "address": "the Ray cluster's HOST:PORT (default: RAY_ADDRESS, else the cluster `ray start --head` started here)",
-    "per_node": "measurements at a time on one Ray node, or per GPU on a GPU node (default 1; more disturb "
-                "each other's figures, and their runs are tagged tracker.executor.per_node)",
-}
-WORKERS_FLAG = {"workers": "tune workers of one study, started as Ray tasks with --executor ray (default 1)"}
+from tracker.runs.config import RunConfig
+from tracker.tuning.config import DEFAULT_STORAGE, TUNE_SEARCHES, TuneConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="measure one model on one task and log it to MLflow")
-    _add_flags(run, RUN_FLAGS)
-    _add_switches(run)
-    run.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
-    _add_trust_flag(run)
-    run.add_argument("--log-inputs", nargs="?", const="true", default=None, metavar="true|false",
-                     help="copy the first inputs into predictions_sample.csv (default: true)")
-    run.add_argument("--no-log-inputs", dest="log_inputs", action="store_const", const="false",
-                     help="keep inputs out of the run: predictions_sample.csv holds predictions and references")
+    add_flags(run, RunConfig, required=["task"])
     run.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
                      help="add a tag to the run (repeatable)")
     commands.add_parser("tasks", help="list the tasks with their default models and datasets")
@@ -104,20 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure again combinations that already have a FINISHED run")
     study.add_argument("--n-samples", help="override the definition's n_samples (e.g. for a quick try)")
     study.add_argument("--dry-run", action="store_true", help="list the runs without running them")
-    _add_flags(study, EXECUTOR_FLAGS)
-
+    add_flags(study, Placement, exclude=["workers"])
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
-    _add_flags(tune, {k: v for k, v in RUN_FLAGS.items() if k not in ("batch_size", "precision")})
-    _add_flags(tune, TUNE_FLAGS)
-    _add_flags(tune, EXECUTOR_FLAGS | WORKERS_FLAG)
-    _add_switches(tune)
-    _add_trust_flag(tune)
+    add_flags(tune, RunConfig, exclude=[*TUNE_SEARCHES, "progress"], required=["task"])  # trials show no bar
+    add_flags(tune, TuneConfig)
+    add_flags(tune, Placement)
+    _add_record_commands(commands)
+    commands.add_parser("sync", help="upload the runs kept locally while the tracking server was lost")
+    _add_report_command(commands)
+    return parser
 
+
+def _add_record_commands(commands: argparse._SubParsersAction) -> None:
+    """import-codecarbon and annotate: runs made or completed from records and tables."""
     records = commands.add_parser("import-codecarbon", help="turn CodeCarbon records (emissions.csv) into runs")
     records.add_argument("files", nargs="+", metavar="FILES",
                          help="emissions.csv files or folders of them: complete records (one run per row); "
                               "phase files (task_name) among them are used as --phases")
-    records.add_argument("--task", required=True, help=RUN_FLAGS["task"])
+    records.add_argument("--task", required=True, help=_help(RunConfig, "task"))
     records.add_argument("--dataset", help="the dataset the records measured, e.g. imdb")
     records.add_argument("--dataset-from-file", metavar="REGEX",
                          help="instead of --dataset: a regular expression on each file's name whose first group "
@@ -126,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     records.add_argument("--phases", nargs="+", default=[], metavar="PATH",
                          help="files or folders of the same runs split by phase (task_name: load model, "
                               "query model, any other phase)")
-    records.add_argument("--experiment", help=RUN_FLAGS["experiment"])
+    records.add_argument("--experiment", help=_help(RunConfig, "experiment"))
     records.add_argument("--model-kind", help="task-specific or multi-purpose, when known (default: unrecorded)")
     records.add_argument("--model-kind-map", action="append", default=[], metavar="RULES",
                          help="PATTERN=KIND (regex on the model id; repeatable) or a file of such lines, "
@@ -142,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     notes.add_argument("--alias", action="append", default=[], metavar="THEIRS=OURS",
                        help="a model or dataset name in the tables and the name the runs use (repeatable)")
 
-    commands.add_parser("sync", help="upload the runs kept locally while the tracking server was lost")
 
+def _add_report_command(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser("report", help="tables, figures, star ratings and regional what-ifs from the runs")
     report.add_argument("--output", default="report", help="folder to write into (default: report)")
     report.add_argument("--experiments", default="",
@@ -158,24 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--report-experiment", default="report", help="experiment of the report run (default: report)")
     report.add_argument("--no-tag-runs", dest="tag_runs", action="store_false",
                         help="do not tag the compared runs with their stars")
-    return parser
 
 
-def _add_trust_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trust-remote-code", nargs="?", const="true", default=None, metavar="true|false",
-                        help="let a model's own code (config.json auto_map) run: only for code you trust "
-                             "(default: refused)")
-
-
-def _add_switches(parser: argparse.ArgumentParser) -> None:
-    for name, help_text in RUN_SWITCHES.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, nargs="?", const="true", default=None,
-                            metavar="true|false", help=help_text)
-
-
-def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, str]) -> None:
-    for name, help_text in flags.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text, required=name == "task")
+def _help(cls: type, name: str) -> str:
+    return next(f.metadata["help"] for f in options_of(cls) if f.name == name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,7 +176,7 @@ def _study(args: argparse.Namespace) -> int:
     from tracker.study import load_definition, run_study
 
     force = boolean("--force", args.force)
-    executor, address, per_node = _executor_options(vars(args))
+    placement = Placement.parse(executor=args.executor, address=args.address, per_node=args.per_node)
     overrides = {"n_samples": args.n_samples} if args.n_samples not in (None, "") else {}
     definition = load_definition(args.definition, overrides)
     if args.dry_run:
@@ -268,7 +188,8 @@ def _study(args: argparse.Namespace) -> int:
 
     check_tracking_server()
     try:
-        outcomes = run_study(definition, force=force, executor=executor, address=address, per_node=per_node)
+        outcomes = run_study(definition, force=force, executor=placement.executor, address=placement.address,
+                             per_node=placement.per_node)
     except KeyboardInterrupt:  # the runs measuring were ended KILLED, with their energy, before this
         print(f"tracker: study {definition.name} interrupted by SIGINT; the runs it was measuring ended KILLED with "
               "their energy so far, and the same command resumes it (FINISHED combinations are skipped)",
@@ -286,34 +207,15 @@ def _study(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _executor_options(args: dict) -> tuple[str, str | None, int]:
-    """--executor, --address and --per-node, checked: (executor, address or None, per node)."""
-    from tracker.study import EXECUTORS
-
-    executor = args.get("executor") or "local"
-    if executor not in EXECUTORS:
-        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{executor}'")
-    per_node = _integer("per_node", args.get("per_node") or 1, 1)
-    if executor == "local" and (args.get("address") or per_node != 1):
-        raise ConfigError("--address and --per-node place runs on a Ray cluster: add --executor ray")
-    return executor, args.get("address") or None, per_node
-
-
 def _tune(args: dict) -> int:
     from tracker.api import tune
 
     args.pop("command")
-    executor, address, per_node = _executor_options(args)
-    workers = _integer("workers", args.pop("workers", None) or 1, 1)
     argv = args.pop("argv")
-    for name in EXECUTOR_FLAGS:
-        args.pop(name, None)
-    if executor == "ray":
-        return _tune_on_ray(argv, workers, address, per_node, args.get("storage") or "sqlite:///optuna.db")
-    if workers > 1:
-        raise ConfigError(f"--workers {workers} needs --executor ray: workers on one machine would measure at once "
-                          "and disturb each other's figures (or start `tracker tune` by hand on other machines)")
-    result = tune(**args, progress=False)
+    placement = Placement.parse(**{f.name: args.pop(f.name) for f in options_of(Placement)})
+    if placement.executor == "ray":
+        return _tune_on_ray(argv, placement, args.get("storage") or DEFAULT_STORAGE)
+    result = tune(**args | {"progress": False})
     summary = result.summary
     print(f"study {summary['study']}: {summary['trials']} trials")
     print(f"  baseline (batch 1, fp32): {_fmt(summary['baseline_emissions_g_per_output'])} gCO2eq per output "
@@ -331,13 +233,13 @@ def _tune(args: dict) -> int:
     return 0
 
 
-def _tune_on_ray(argv: list[str], workers: int, address: str | None, per_node: int, storage: str) -> int:
+def _tune_on_ray(argv: list[str], placement: Placement, storage: str) -> int:
     from tracker.recording.lifecycle import check_tracking_server
     from tracker.tuning.on_ray import run_workers
 
-    code, output = run_workers(_without_flags(argv, [*EXECUTOR_FLAGS, *WORKERS_FLAG]), workers=workers,
-                               storage=storage, tracking_uri=check_tracking_server(), address=address,
-                               per_node=per_node)
+    code, output = run_workers(_without_flags(argv, [f.name for f in options_of(Placement)]),
+                               workers=placement.workers, storage=storage, tracking_uri=check_tracking_server(),
+                               address=placement.address, per_node=placement.per_node)
     print(output, end="")
     return code
 
@@ -364,7 +266,7 @@ def _import(args: argparse.Namespace) -> int:
 
     config = ImportConfig(files=tuple(map(Path, args.files)), task=args.task, dataset=args.dataset,
                           dataset_from_file=args.dataset_from_file,
-                          n_samples=_integer("n_samples", args.n_samples, 1),
+                          n_samples=integer("n_samples", args.n_samples, 1),
                           phases=tuple(map(Path, args.phases)), experiment=args.experiment,
                           model_kind=args.model_kind, model_kind_map=parse_rules(tuple(args.model_kind_map)),
                           replace=args.replace)

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracker.console import configure_logging, say
+from tracker.options import flag
 from tracker.recording.lifecycle import end_run, failed_run
 from tracker.recording.signals import die_with_parent
-from tracker.runs.config import RunConfig, flag
+from tracker.runs.config import RunConfig
 
 
 @dataclass
@@ -39,9 +40,9 @@ class ChildResult:
 
 def run_command(config: RunConfig, tags: dict[str, str]) -> list[str]:
     """The `tracker run` command line for a config and extra tags."""
-    command = [sys.executable, "-m", "tracker", "run", "--no-progress"]
-    for name, value in config.as_dict().items():
-        if value is not None and name != "progress":
+    command = [sys.executable, "-m", "tracker", "run"]
+    for name, value in (config.as_dict() | {"progress": False}).items():
+        if value is not None:
             command += [flag(name), str(value)]
     for key, value in tags.items():
         command += ["--tag", f"{key}={value}"]
@@ -53,7 +54,7 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str], attem
     """Run the config in a child process. Every attempt leaves one run: a run that died with its
     process is closed FAILED, and a process that failed before making its run gets a FAILED one
     with the requested params (``tracker.run.started=false``). ``attempt`` (tag ``tracker.attempt``)
-    lets a caller that may lose this process find its run (``close_lost_attempt``); ``on_start`` is
+    lets a caller that may lose this process find its run (``close_attempt``); ``on_start`` is
     handed the child process once it runs (to stop it: SIGTERM ends its run KILLED)."""
     attempt = attempt or uuid.uuid4().hex
     tags = tags | {"tracker.attempt": attempt}
@@ -65,26 +66,21 @@ def measure_in_child(client: Any, config: RunConfig, tags: dict[str, str], attem
 def _result(client: Any, config: RunConfig, tags: dict[str, str], attempt: str, code: int, last_line: str,
             seconds: float) -> ChildResult:
     """What an attempt left: its run, closed FAILED if its process died with it open."""
-    run = _find_attempt(client, config, attempt)
-    if code == 0 and run is not None:
+    if code == 0 and (run := _find_attempt(client, config, attempt)) is not None:
         return ChildResult(run, "FINISHED", "", seconds)
     reason = (f"the run's process died from {signal.Signals(-code).name}" if code < 0
               else last_line or f"the run's process exited with code {code}")
-    if run is None:  # e.g. the model cannot be loaded: refused before its run started
-        run_id = _record_failed_start(client, config, tags, reason)
-        return ChildResult(client.get_run(run_id), "FAILED", reason, seconds)
-    if run.info.status == "RUNNING":  # the process died without closing its run
-        end_run(client, run.info.run_id, "FAILED", {"tracker.error": reason})
-        return ChildResult(client.get_run(run.info.run_id), "FAILED", reason, seconds)
+    run = client.get_run(close_attempt(client, config, tags, attempt, reason))
     status = run.info.status if run.info.status in ("FAILED", "KILLED") else "FAILED"
     return ChildResult(run, status, run.data.tags.get("tracker.error", reason), seconds)
 
 
-def close_lost_attempt(client: Any, config: RunConfig, tags: dict[str, str], attempt: str, reason: str, *,
-                       wait_s: float = 15.0, record_missing: bool = True) -> str | None:
-    """After the process measuring ``attempt`` was lost with its machine: its run closed FAILED with
-    ``reason`` if it is still RUNNING after ``wait_s`` (a child that outlived its parent closes its
-    own run KILLED, with its energy, within seconds), else tagged with the reason; with no run,
+def close_attempt(client: Any, config: RunConfig, tags: dict[str, str], attempt: str, reason: str, *,
+                  wait_s: float = 0.0, record_missing: bool = True) -> str | None:
+    """Close what ``attempt`` left once its process is gone (it died, or was lost with its machine):
+    a run still RUNNING after ``wait_s`` (a child that outlived its parent closes its own run KILLED,
+    with its energy, within seconds) is closed FAILED with ``reason``; an ended one keeps its status
+    and gets the reason if it has none; with no run (e.g. a model refused before its run started),
     one FAILED with the requested params when ``record_missing``. Returns the run's id."""
     deadline = time.monotonic() + wait_s
     run = _find_attempt(client, config, attempt)
@@ -109,13 +105,18 @@ def _record_failed_start(client: Any, config: RunConfig, tags: dict[str, str], r
                       tags | {"tracker.config_key": config.key(), "tracker.run.started": "false"}, requested, reason)
 
 
+def start_child(command: list[str], **options: Any) -> subprocess.Popen[str]:
+    """A child process in text mode that gets SIGTERM when this process dies (``die_with_parent``):
+    every measuring child is started here."""
+    return subprocess.Popen(command, text=True, preexec_fn=die_with_parent, **options)
+
+
 def _relay(command: list[str], on_start: Callable[[subprocess.Popen[str]], None] | None = None) -> tuple[int, str]:
     """Run the child, passing its stderr through but for its one-line error, which the caller
     reports; its exit code and the line that says why it failed (that error, else the last line,
     such as a traceback's exception)."""
     error = last = ""
-    with subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, bufsize=1,
-                          preexec_fn=die_with_parent) as child:
+    with start_child(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, bufsize=1) as child:
         assert child.stderr is not None
         if on_start is not None:
             on_start(child)
@@ -191,9 +192,8 @@ class SharedLoadChild:
         return _result(self.client, config, tags, attempt, code, reason, time.monotonic() - started)
 
     def _start(self) -> None:
-        self.process = subprocess.Popen(serve_command(), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                                        preexec_fn=die_with_parent)
+        self.process = start_child(serve_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, bufsize=1)
         self.last_line = ""
         self._stderr_thread = threading.Thread(target=self._relay_stderr, args=(self.process,), daemon=True)
         self._stderr_thread.start()

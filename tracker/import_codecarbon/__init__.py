@@ -25,15 +25,7 @@ from typing import Any
 
 from tracker.errors import ConfigError
 from tracker.import_codecarbon.kinds import KindRule, check_kind, kind_of
-from tracker.import_codecarbon.records import (
-    Row,
-    number,
-    phase_of,
-    phase_slug,
-    read_records,
-    record_id,
-    times_ms,
-)
+from tracker.import_codecarbon.records import Row, number, phase_of, phase_slug, read_records, record_id, times_ms
 from tracker.measurement.energy import Energy
 from tracker.measurement.meter import PhaseReading
 from tracker.measurement.outcome import QueryReading, RunOutcome
@@ -115,12 +107,7 @@ def import_records(config: ImportConfig) -> ImportSummary:
     datasets = {path: config.dataset_of(path) for path in dict.fromkeys(p for p, _ in records.complete)}
     from mlflow import MlflowClient
 
-    from tracker.recording.lifecycle import (
-        check_tracking_server,
-        experiment_id,
-        finished_runs,
-        write_finished_runs,
-    )
+    from tracker.recording.lifecycle import check_tracking_server, experiment_id, finished_runs, write_finished_runs
 
     check_tracking_server()
     client = MlflowClient()

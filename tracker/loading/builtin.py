@@ -87,15 +87,7 @@ def train_tokenizer(texts: Iterable[str], style: Literal["bert", "bart"], vocab_
 
     "bert": lower-cased WordPiece with [CLS]/[SEP]; "bart": byte-level BPE with <s>/</s>.
     """
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if style == "bert":
@@ -142,12 +134,7 @@ def save_tiny_distilbert(folder: Path, texts: list[str], head: str, **config: An
 
 def save_tiny_language_model(name: str, folder: Path, texts: list[str]) -> None:
     """A tiny T5 (the Flan-T5 architecture) or BLOOM (BLOOMz's) with random weights."""
-    from transformers import (
-        BloomConfig,
-        BloomForCausalLM,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
+    from transformers import BloomConfig, BloomForCausalLM, T5Config, T5ForConditionalGeneration
 
     tokenizer = train_tokenizer(texts, "bart")
     if BUILTINS[name] == "seq2seq":

@@ -508,9 +508,7 @@ def _write_one(client: Any, exp_id: str, run: FinishedRun, here: dict[str, str])
 def _write_texts(artifact_uri: str, texts: dict[str, str]) -> None:
     import tempfile
 
-    from mlflow.store.artifact.artifact_repository_registry import (
-        get_artifact_repository,
-    )
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     if not texts:
         return

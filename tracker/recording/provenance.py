@@ -8,11 +8,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from tracker.measurement.attribution import (
-    CONTENDED_BACKGROUND_SHARE,
-    contention,
-    gpu_counter_check,
-)
+from tracker.measurement.attribution import CONTENDED_BACKGROUND_SHARE, contention, gpu_counter_check
 from tracker.measurement.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
 from tracker.measurement.outcome import RunOutcome
 from tracker.recording.lifecycle import RunRecorder

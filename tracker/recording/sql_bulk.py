@@ -38,13 +38,7 @@ def insert_finished_runs(store: Any, experiment_id: str, runs: list[dict[str, An
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.entities.lifecycle_stage import LifecycleStage
     from mlflow.entities.source_type import SourceType
-    from mlflow.store.tracking.dbmodels.models import (
-        SqlLatestMetric,
-        SqlMetric,
-        SqlParam,
-        SqlRun,
-        SqlTag,
-    )
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
     from mlflow.utils.time import get_current_time_millis
     from mlflow.utils.validation import _validate_batch_log_data

@@ -131,6 +131,34 @@ def build_report(config: ReportConfig) -> ReportResult:
 
 def _sections(runs: Any, models: Any, task_table: Any, prompted: Any, regional: Any,
               drawn: dict[str, Path | str], experiments: list[str]) -> list[Section]:
+    by_task = _figure_section("Energy per 1,000 inferences by task", drawn["by_task"], [
+        "The paper's table: task-specific models (and models of unknown kind), query phase. Each dot a run."])
+    by_task.table = task_table.drop(columns=["energy_method"])  # said in the overview when mixed
+    shown_models = models.assign(stars=models["stars"].map(stars)).drop(columns=["energy_method"])
+    kinds_section = _figure_section("Multi-purpose against task-specific models", drawn["kinds"])
+    if not prompted.empty:
+        kinds_section.paragraphs.append(
+            "x_task_specific: the model's energy per 1,000 inferences over the mean of the task-specific "
+            "models' on the same task and dataset.")
+        kinds_section.table = prompted.drop(columns=["energy_method"])
+    sections = [
+        _overview(runs, models, task_table, experiments),
+        by_task,
+        kinds_section,
+        _figure_section("Energy against quality", drawn["quality"], [
+            "Green: the Pareto frontier, the models no other beats on both energy and quality, per task "
+            "and dataset."]),
+        _figure_section("Energy against model size", drawn["size"]),
+        Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
+                table=shown_models),
+    ]
+    if not regional.empty:
+        sections.append(_regional_section(regional, task_table))
+    return sections
+
+
+def _overview(runs: Any, models: Any, task_table: Any, experiments: list[str]) -> Section:
+    """How the figures were obtained, and what a reader must know before comparing them."""
     methods = runs["energy_method"].value_counts()
     scopes = set(runs["energy_scope"])
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -174,39 +202,21 @@ def _sections(runs: Any, models: Any, task_table: Any, prompted: Any, regional: 
             "counts them with the task-specific ones (its kinds column says which tasks).")
     for merged in runs.attrs.get("datasets_merged", []):
         overview.paragraphs.append(f"Dataset names taken as one: {merged}.")
-    by_task = _figure_section("Energy per 1,000 inferences by task", drawn["by_task"], [
-        "The paper's table: task-specific models (and models of unknown kind), query phase. Each dot a run."])
-    by_task.table = task_table.drop(columns=["energy_method"])  # said in the overview when mixed
-    shown_models = models.assign(stars=models["stars"].map(stars)).drop(columns=["energy_method"])
-    kinds_section = _figure_section("Multi-purpose against task-specific models", drawn["kinds"])
-    if not prompted.empty:
-        kinds_section.paragraphs.append(
-            "x_task_specific: the model's energy per 1,000 inferences over the mean of the task-specific "
-            "models' on the same task and dataset.")
-        kinds_section.table = prompted.drop(columns=["energy_method"])
-    sections = [
-        overview,
-        by_task,
-        kinds_section,
-        _figure_section("Energy against quality", drawn["quality"], [
-            "Green: the Pareto frontier, the models no other beats on both energy and quality, per task "
-            "and dataset."]),
-        _figure_section("Energy against model size", drawn["size"]),
-        Section("Models", ["One row per task, model, dataset and settings; means over its runs."],
-                table=shown_models),
-    ]
-    if not regional.empty:
-        order = list(dict.fromkeys(regional["country_iso_code"]))  # as the user listed them
-        pivot = regional.pivot(index="task", columns="country_iso_code", values="g_co2_per_1k")[order]
-        intensity = regional.drop_duplicates("country_iso_code").set_index("country_iso_code")
-        pivot.columns = [f"{c} ({intensity.loc[c, 'carbon_intensity_g_per_kwh']:.0f} g/kWh)" for c in pivot.columns]
-        pivot = pivot.reindex(task_table["task"]).reset_index()
-        years = sorted({str(y) for y in intensity["year"]})
-        sections.append(Section("Regional what-if: gCO2eq per 1,000 inferences", [
-            "The same mean energy per task under each country's grid: CodeCarbon's yearly average carbon "
-            f"intensity ({', '.join(years)} data). The runs' own emissions used their own grid "
-            "(g_co2_per_1k_mean above)."], table=pivot))
-    return sections
+    return overview
+
+
+def _regional_section(regional: Any, task_table: Any) -> Section:
+    """Each task's mean energy under each listed country's grid."""
+    order = list(dict.fromkeys(regional["country_iso_code"]))  # as the user listed them
+    pivot = regional.pivot(index="task", columns="country_iso_code", values="g_co2_per_1k")[order]
+    intensity = regional.drop_duplicates("country_iso_code").set_index("country_iso_code")
+    pivot.columns = [f"{c} ({intensity.loc[c, 'carbon_intensity_g_per_kwh']:.0f} g/kWh)" for c in pivot.columns]
+    pivot = pivot.reindex(task_table["task"]).reset_index()
+    years = sorted({str(y) for y in intensity["year"]})
+    return Section("Regional what-if: gCO2eq per 1,000 inferences", [
+        "The same mean energy per task under each country's grid: CodeCarbon's yearly average carbon "
+        f"intensity ({', '.join(years)} data). The runs' own emissions used their own grid "
+        "(g_co2_per_1k_mean above)."], table=pivot)
 
 
 def _tag_stars(client: Any, runs: Any, models: Any, report_run_id: str) -> None:

@@ -12,10 +12,14 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracker.errors import ConfigError
 from tracker.loading.precision import PRECISIONS
+from tracker.options import counted, flag, option, parse_values
+
+if TYPE_CHECKING:
+    from tracker.sources.reference import ModelReference
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TRACKING_MODES = ("machine", "process")
@@ -25,59 +29,69 @@ MODEL_KINDS = ("auto", "task-specific", "multi-purpose")
 
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    task: str
-    model: str | None = None  # None: the task's default
-    dataset: str | None = None  # None: the task's default
-    n_samples: int = 1000  # the paper's protocol: 1,000 inferences
-    batch_size: int = 1  # the paper's protocol: one input at a time
-    precision: str = "fp32"
-    device: str = "auto"
-    repeats: int = 1
-    min_duration_s: float = 0.0  # measure more query windows until they cover this long (0: repeats only)
-    wait_for_quiet: float = 0.0  # seconds to wait, before each window, for other processes to calm down
-    warmup: int = 1  # batches run before measuring, not counted
-    country: str | None = None
-    carbon_intensity: float | None = None  # gCO2eq/kWh, overrides the country's mix
-    max_new_tokens: int = 15  # the paper's limit for generated summaries
-    image_size: int | None = None  # text-to-image: pixels per side; None: the model's default
-    num_inference_steps: int = 50  # text-to-image: denoising steps (diffusers' default)
-    guidance_scale: float = 7.5  # text-to-image: classifier-free guidance (diffusers' default)
-    model_kind: str = "auto"  # task-specific, multi-purpose (prompted), or auto: decided from the model
-    experiment: str | None = None  # None: named after the task
-    seed: int = 0
-    tracking_mode: str = "machine"
-    trust_remote_code: bool = False  # let a model's own code (auto_map, custom pipelines) run
-    text_column: str | None = None
-    target_column: str | None = None
-    progress: bool = True
-    log_inputs: bool = True  # the first inputs in predictions_sample.csv (False: predictions only)
-    # Knobs that change the cost of an output besides batch size and precision (tune can search them).
-    threads: int | None = None  # torch's CPU threads; None: torch's default (the physical cores)
-    sort_by_length: bool = False  # batch inputs of similar length together: less padding
-    attention: str | None = None  # sdpa or eager; None: the model's default
-    compile: bool = False  # torch.compile the model (compiled during warm-up, not measured)
+    task: str = option(help="task to run (see `tracker tasks`)", param="always")
+    model: str | None = option(  # None: the task's default
+        help="Hugging Face Hub id, local folder, models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH, "
+             "or builtin-tiny (default: the task's)")
+    dataset: str | None = option(  # None: the task's default
+        help="study dataset name, local file (csv/jsonl/json/parquet), Hub id, or builtin (default: the task's)")
+    n_samples: int = option(1000, minimum=1, param="always",  # the paper's protocol: 1,000 inferences
+                            help="inferences per measured query phase (default 1000, as in the paper)")
+    batch_size: int = option(1, minimum=1, param="always",  # the paper's protocol: one input at a time
+                             help="inputs per forward pass (default 1, as in the paper)")
+    precision: str = option("fp32", param="always",
+                            help="fp32, fp16, bf16 or int8 (dynamic quantization, CPU) (default fp32)")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    repeats: int = option(1, minimum=1, param="always", help="measured repetitions of the query phase (default 1)")
+    min_duration_s: float = option(0.0, key="when_set", param="when_set",
+                                   help="measure more query windows until they cover this many seconds "
+                                        "(default 0: repeats only)")
+    # Waiting for quiet changes when a window starts, not what it measures: not in the key.
+    wait_for_quiet: float = option(0.0, key="never", param="when_set", param_name="wait_for_quiet_s",
+                                   help="before each window, wait up to this many seconds for other processes "
+                                        "to calm down (default 0)")
+    warmup: int = option(1, minimum=0, help="batches run before measuring, not counted (default 1)")
+    country: str | None = option(help="ISO 3166 alpha-3 code of the grid (default: CodeCarbon config, else USA)")
+    carbon_intensity: float | None = option(param="when_set", param_name="carbon_intensity_override_g_per_kwh",
+                                            help="gCO2eq/kWh, overrides the country's grid mix")
+    max_new_tokens: int = option(15, minimum=1,  # the paper's limit for generated summaries
+                                 help="generated tokens per output, generative tasks (default 15)")
+    image_size: int | None = option(minimum=8,
+                                    help="text-to-image: image height and width in pixels (default: the model's)")
+    num_inference_steps: int = option(50, minimum=1, help="text-to-image: denoising steps (default 50)")
+    guidance_scale: float = option(7.5, help="text-to-image: classifier-free guidance scale (default 7.5)")
+    model_kind: str = option("auto", help="auto, task-specific, or multi-purpose (a prompted LM; auto decides "
+                                          "from the model)")
+    experiment: str | None = option(key="never", help="MLflow experiment (default: the task's name)")
+    seed: int = option(0, minimum=0, param="always", help="random seed (default 0)")
+    tracking_mode: str = option("machine", help="CodeCarbon tracking mode: machine or process (default machine)")
+    trust_remote_code: bool = option(False, key="when_set",
+                                     help="let a model's own code (config.json auto_map) run: only for code you "
+                                          "trust (default: refused)")
+    text_column: str | None = option(help="input column of a custom dataset (text, question, image or audio path)")
+    target_column: str | None = option(help="reference/label column of a custom dataset")
+    progress: bool = option(True, key="never", negative="--no-progress", help="show the progress bar (default: true)")
+    log_inputs: bool = option(True, key="never", param="when_set", negative="--no-log-inputs",
+                              help="copy the first inputs into predictions_sample.csv (default: true; false keeps "
+                                   "inputs out of the run: it holds predictions and references)")
+    # Knobs that change the cost of an output besides batch size and precision (tune can search them);
+    # threads and attention are logged as resolved, after loading.
+    threads: int | None = option(minimum=1, key="when_set",
+                                 help="torch CPU threads (default: torch's, the physical cores)")
+    sort_by_length: bool = option(False, key="when_set", param="when_set",
+                                  help="batch inputs of similar length together, so batches carry less padding "
+                                       "(default: false)")
+    attention: str | None = option(key="when_set",
+                                   help="attention implementation, sdpa or eager (default: the model's)")
+    compile: bool = option(False, key="when_set", param="when_set",
+                           help="torch.compile the model; compiled during the unmeasured warm-up (default: false)")
 
     @classmethod
     def parse(cls, **raw: Any) -> RunConfig:
         """Build from raw (often string) values; empty strings and None mean "default"."""
-        values = {k: (None if isinstance(v, str) and v.strip() == "" else v) for k, v in raw.items()}
-        values = {k: v for k, v in values.items() if v is not None}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        values = parse_values(cls, raw)
         if "task" not in values:
             raise ConfigError("a task is required: pass --task NAME (see `tracker tasks`)")
-        for name, minimum in (("n_samples", 1), ("batch_size", 1), ("repeats", 1), ("warmup", 0),
-                              ("max_new_tokens", 1), ("seed", 0), ("image_size", 8),
-                              ("num_inference_steps", 1), ("threads", 1)):
-            if name in values:
-                values[name] = _integer(name, values[name], minimum)
-        for name in ("trust_remote_code", "log_inputs", "sort_by_length", "compile"):
-            if name in values:
-                values[name] = boolean(flag(name), values[name])
-        for name in ("carbon_intensity", "guidance_scale", "min_duration_s", "wait_for_quiet"):
-            if name in values:
-                values[name] = _number(name, values[name])
         config = cls(**values)
         config.validate()
         return config
@@ -105,29 +119,22 @@ class RunConfig:
             if not 0 <= value < math.inf:
                 raise ConfigError(f"{flag(name)} must be a finite number of seconds >= 0, got {value:g}")
 
-    def check_inputs(self) -> None:
+    def check_inputs(self) -> ModelReference:
         """Check what the run reads (model folder or URI, dataset file) without torch, MLflow or
-        the network, so that a wrong path is answered in about the time of ``--help``."""
-        from tracker.loading.builtin import BUILTIN_DATASET, BUILTIN_MODEL, BUILTINS
-        from tracker.sources.data import (
-            Columns,
-            check_dataset_location,
-            check_file_columns,
-        )
-        from tracker.sources.mlflow_models import check_model_uri, is_model_uri
-        from tracker.sources.models import check_model_location
+        the network, so that a wrong path is answered in about the time of ``--help``; the model
+        reference, classified (the session resolves the model from it)."""
+        from tracker.loading.builtin import BUILTIN_DATASET
+        from tracker.sources.data import Columns, check_dataset_location, check_file_columns
+        from tracker.sources.reference import classify_model
         from tracker.tasks import get_task
 
-        if self.model is not None and self.model != BUILTIN_MODEL and self.model not in BUILTINS:
-            if is_model_uri(self.model):
-                check_model_uri(self.model)
-            else:
-                check_model_location(self.model, trust_remote_code=self.trust_remote_code)
+        reference = classify_model(self.model, trust_remote_code=self.trust_remote_code)
         task = get_task(self.task)
         if self.dataset is not None and self.dataset != BUILTIN_DATASET and self.dataset not in task.datasets:
             path = check_dataset_location(task, self.dataset)
             if path is not None:
                 check_file_columns(task, path, Columns(self.text_column, self.target_column))
+        return reference
 
     @property
     def experiment_name(self) -> str:
@@ -142,44 +149,8 @@ class RunConfig:
         Logged as the tag ``tracker.config_key``; a study skips a combination that already has a
         FINISHED run with the same key.
         """
-        # Waiting for quiet changes when a window starts, not what it measures. Settings added after
-        # keys were first logged count only when set, so earlier runs keep matching.
-        measured = {k: v for k, v in self.as_dict().items()
-                    if k not in ("progress", "experiment", "wait_for_quiet", "log_inputs")
-                    and not (k == "min_duration_s" and v == 0)
-                    and not (k in ("trust_remote_code", "sort_by_length", "compile") and not v)
-                    and not (k in ("threads", "attention") and v is None)}
-        return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(counted(self, "key"), sort_keys=True).encode()).hexdigest()[:16]
 
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def boolean(name: str, value: Any) -> bool:
-    """true/false, 1/0, yes/no (any case), or a bool."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{name} takes true or false, got '{value}'")
-    return text in ("true", "1", "yes")
-
-
-def _integer(name: str, value: Any, minimum: int) -> int:
-    text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        number = None
-    if number is None or not number.is_integer() or number < minimum:
-        kind = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
-        raise ConfigError(f"{flag(name)} must be {kind}, got '{text}'")
-    return int(number)
-
-
-def _number(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag(name)} must be a number, got '{value}'") from None
+    def params(self) -> dict[str, Any]:
+        """The options logged as MLflow params by their contract names (the run adds what it resolves)."""
+        return counted(self, "param")

@@ -103,7 +103,7 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
             loaded = predictor.load_model(plan.model.location, local_only=plan.model.local_only)
             outcome.model_parameters = count_parameters(loaded.model)
             set_attention(loaded.model, plan.attention)
-            if plan.model.mlflow is None or plan.model.mlflow.flavor != "pyfunc":  # a pyfunc model runs as logged
+            if not plan.model.runs_as_logged:
                 loaded.model = convert(loaded.model, plan.precision, plan.device)
             if plan.compile:
                 loaded.model = compile_model(loaded.model)

@@ -11,7 +11,7 @@ import csv
 import io
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,13 +23,7 @@ from tracker.loading.remote_code import remote_code
 from tracker.measurement.carbon import resolve_location
 from tracker.measurement.meter import EnergyMeter
 from tracker.measurement.outcome import RunOutcome
-from tracker.recording.lifecycle import (
-    Heartbeat,
-    RunDataset,
-    RunRecorder,
-    check_tracking_server,
-    recorded_run,
-)
+from tracker.recording.lifecycle import Heartbeat, RunDataset, RunRecorder, check_tracking_server, recorded_run
 from tracker.recording.metrics import run_metrics
 from tracker.recording.provenance import log_records, outcome_tags, version_tags
 from tracker.recording.signals import interrupts_raise
@@ -40,6 +34,7 @@ from tracker.sources.data import Columns, LoadedDataset, load_dataset
 from tracker.sources.mlflow_models import tag_version
 from tracker.sources.models import resolve_model
 from tracker.sources.multipurpose import decide_kind
+from tracker.sources.reference import ModelReference
 from tracker.tasks import get_task
 from tracker.tasks.base import GenerationSettings
 
@@ -50,23 +45,52 @@ SAMPLE_TEXT_CHARS = 200  # inputs and predictions are cut to this in predictions
 COMPILE_WARMUP_BATCHES = 3  # torch.compile: first call, first new shape (measured: 28 s and 15 s, tiny BERT, CPU)
 
 
-def measure(config: RunConfig, *, tags: dict[str, str] | None = None,
+def measure(config: RunConfig, *, reference: ModelReference | None = None, tags: dict[str, str] | None = None,
             kept: dict[tuple[Any, ...], Any] | None = None) -> RunResult:
     """Run, measure and log one task/model/dataset combination; ``tags`` are added to the run.
-    ``kept``: models this process keeps loaded from run to run (``runner.execute``)."""
-    config.check_inputs()  # before MLflow, torch and the Hub probe: a wrong path is answered at once
+    ``reference``: the model as ``config.check_inputs`` classified it, where the caller checked
+    already; ``kept``: models this process keeps loaded from run to run (``loop.execute``)."""
+    if reference is None:  # before MLflow, torch and the Hub probe: a wrong path is answered at once
+        reference = config.check_inputs()
     check_tracking_server()
     quiet_libraries()
+    location = resolve_location(config.country, config.carbon_intensity)
+    plan, plan_tags = _plan(config, reference)  # every check that can fail before the run exists
+    tags = plan_tags | (tags or {})
+    meter = EnergyMeter(location=location, device=plan.device,
+                        tracking_mode=config.tracking_mode)  # type: ignore[arg-type]
+    run_name = f"{_short(plan.model.name)} · {plan.dataset.name} · bs{config.batch_size} · {config.precision}"
+    # SIGINT/SIGTERM raise from the run's creation on (held during each write), so that one arriving
+    # while its params and inputs are written still ends it KILLED rather than leaving it RUNNING.
+    with interrupts_raise(), recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
+        _log_inputs(recorder, config, plan, location.country_iso_code)
+        outcome = RunOutcome()
+        try:
+            with remote_code(config.trust_remote_code), Heartbeat(recorder, _so_far(meter, outcome)), \
+                    _progress_bar(config, plan.dataset.name) as progress:
+                execute(plan, meter, outcome, progress, kept=kept)
+        finally:
+            meter.close()
+            metrics, logged_tags = _log_outcome(recorder, plan, meter, outcome, log_inputs=config.log_inputs,
+                                                note=tags.get("mlflow.note.content", ""))
+    if plan.model.mlflow is not None:
+        tag_version(recorder.client, plan.model.mlflow, run_id=recorder.run_id, metrics=metrics,
+                    quality_metric=plan.task.primary_metric, task=plan.task.name, dataset=plan.dataset.name)
+    return RunResult(recorder.run_id, config.experiment_name, metrics, logged_tags, config)
+
+
+def _plan(config: RunConfig, reference: ModelReference) -> tuple[RunPlan, dict[str, str]]:
+    """Everything resolved before measuring (device, precision, model, dataset, settings), and the
+    tags that say where each came from."""
     task = get_task(config.task)
     missing = task.missing_requirement()
     if missing:
         raise ConfigError(missing)
-    location = resolve_location(config.country, config.carbon_intensity)
     device = resolve_device(config.device)
     precision_probe = ensure_supported(device, config.precision)
     reachable = hub.prepare()
-    model = resolve_model(task, config.model, hub_reachable=reachable, trust_remote_code=config.trust_remote_code)
-    if model.mlflow is not None and model.mlflow.flavor == "pyfunc" and config.precision != "fp32":
+    model = resolve_model(task, reference, hub_reachable=reachable, trust_remote_code=config.trust_remote_code)
+    if model.runs_as_logged and config.precision != "fp32":
         raise ConfigError(f"'{config.model}' is a pyfunc model, which runs as it was logged: drop --precision "
                           "(its own code decides it)")
     with remote_code(config.trust_remote_code):
@@ -87,46 +111,34 @@ def measure(config: RunConfig, *, tags: dict[str, str] | None = None,
     if config.sort_by_length:
         length_order(task, dataset.inputs)  # inputs that are not text are refused before the run exists
     _seed(config.seed)
-
-    tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()} | (tags or {})
+    tags = _provenance_tags(plan, reachable) | {"tracker.config_key": config.key()}
     if config.trust_remote_code:
         tags["tracker.model.trust_remote_code"] = "true: the model's own code was allowed to run"
     if precision_probe.env:
         tags["tracker.precision.note"] = " ".join(f"{k}={v}" for k, v in precision_probe.env.items())
-    meter = EnergyMeter(location=location, device=device,
-                        tracking_mode=config.tracking_mode)  # type: ignore[arg-type]
-    run_name = f"{_short(model.name)} · {dataset.name} · bs{config.batch_size} · {config.precision}"
-    # SIGINT/SIGTERM raise from the run's creation on (held during each write), so that one arriving
-    # while its params and inputs are written still ends it KILLED rather than leaving it RUNNING.
-    with interrupts_raise(), recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
-        recorder.log(params=_params(config, plan, location.country_iso_code))
-        recorder.log_json(config.as_dict() | {"resolved_model": model.location,
-                                              "resolved_dataset": dataset.location,
-                                              "resolved_device": device}, "config.json")
-        recorder.log_inputs(datasets=[run_dataset(dataset)],
-                            model_ids=[model.mlflow.logged_model_id] if model.mlflow and model.mlflow.logged_model_id
-                            else [])
-        outcome = RunOutcome()
+    return plan, tags
 
-        def so_far() -> dict[str, float]:
-            """The query phase's attributed energy and inferences so far (loading excluded)."""
-            closed = sum(q.reading.energy.total_kwh for q in outcome.complete_queries)
-            querying = bool(outcome.queries) and outcome.queries[-1].reading.energy is None
-            return {"partial_energy_kwh": closed + ((meter.open_window_kwh() or 0.0) if querying else 0.0),
-                    "partial_inferences": float(sum(q.inferences for q in outcome.queries))}
 
-        try:
-            with remote_code(config.trust_remote_code), Heartbeat(recorder, so_far), \
-                    _progress_bar(config, dataset.name) as progress:
-                execute(plan, meter, outcome, progress, kept=kept)
-        finally:
-            meter.close()
-            logged = _log_outcome(recorder, plan, meter, outcome, note=tags.get("mlflow.note.content", ""),
-                                  log_inputs=config.log_inputs)
-    if model.mlflow is not None:
-        tag_version(recorder.client, model.mlflow, run_id=recorder.run_id, metrics=logged[0],
-                    quality_metric=task.primary_metric, task=task.name, dataset=dataset.name)
-    return RunResult(recorder.run_id, config.experiment_name, *logged, config)
+def _log_inputs(recorder: RunRecorder, config: RunConfig, plan: RunPlan, country: str) -> None:
+    """What the run was asked and what it resolved: params, config.json, the dataset and model inputs."""
+    model, dataset = plan.model, plan.dataset
+    recorder.log(params=_params(config, plan, country))
+    recorder.log_json(config.as_dict() | {"resolved_model": model.location, "resolved_dataset": dataset.location,
+                                          "resolved_device": plan.device}, "config.json")
+    recorder.log_inputs(datasets=[run_dataset(dataset)],
+                        model_ids=[model.mlflow.logged_model_id] if model.mlflow and model.mlflow.logged_model_id
+                        else [])
+
+
+def _so_far(meter: EnergyMeter, outcome: RunOutcome) -> Callable[[], dict[str, float]]:
+    """What the heartbeat logs: the query phase's attributed energy and inferences so far (loading excluded)."""
+    def so_far() -> dict[str, float]:
+        closed = sum(q.reading.energy.total_kwh for q in outcome.complete_queries)
+        querying = bool(outcome.queries) and outcome.queries[-1].reading.energy is None
+        return {"partial_energy_kwh": closed + ((meter.open_window_kwh() or 0.0) if querying else 0.0),
+                "partial_inferences": float(sum(q.inferences for q in outcome.queries))}
+
+    return so_far
 
 
 def run_dataset(dataset: LoadedDataset) -> RunDataset:
@@ -172,24 +184,10 @@ def _seed(seed: int) -> None:
 
 
 def _params(config: RunConfig, plan: RunPlan, country: str) -> dict[str, Any]:
-    """The params known before the run; settings resolved at load time are logged after it."""
-    params: dict[str, Any] = {
-        "task": config.task, "model": plan.model.name, "dataset": plan.dataset.name,
-        "n_samples": config.n_samples, "batch_size": config.batch_size,
-        "precision": config.precision, "device": plan.device, "repeats": config.repeats,
-        "warmup": plan.warmup, "country_iso_code": country, "seed": config.seed,
-    }
-    if config.min_duration_s:
-        params["min_duration_s"] = config.min_duration_s
-    if config.wait_for_quiet:
-        params["wait_for_quiet_s"] = config.wait_for_quiet
-    if config.carbon_intensity is not None:
-        params["carbon_intensity_override_g_per_kwh"] = config.carbon_intensity
-    if not config.log_inputs:
-        params["log_inputs"] = False
-    for knob in ("sort_by_length", "compile"):  # threads and attention are logged as resolved, after loading
-        if getattr(config, knob):
-            params[knob] = True
+    """The params known before the run: the options' own (``RunConfig.params``) with what was
+    resolved in their place; settings resolved at load time are logged after it."""
+    params = config.params() | {"model": plan.model.name, "dataset": plan.dataset.name, "device": plan.device,
+                                "warmup": plan.warmup, "country_iso_code": country}
     params.update({k: v for k, v in plan.settings_params().items() if v is not None})
     return params
 

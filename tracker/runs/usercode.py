@@ -215,6 +215,29 @@ class _Session:
                             batch_latencies_ms=self.latencies_ms)
 
 
+    def log_outcome(self, *, note: str) -> tuple[dict[str, float], dict[str, str]]:
+        """The block's figures and how they were obtained, logged once it is left; returned too."""
+        from tracker.recording.metrics import run_metrics
+        from tracker.recording.provenance import log_records, outcome_tags
+
+        query = self.query_reading()
+        outcome = self.outcome
+        outcome.queries = [query] if query is not None else []
+        if "quality" not in outcome.quality:
+            outcome.quality_unavailable = "no quality was logged: call m.log_quality(name=value) in the block"
+        metrics = run_metrics(outcome, generative=self.tokens > 0)
+        tags = outcome_tags(self.meter, outcome, expected_inferences=None, note=note)
+        tags["tracker.quality.metric"] = self.primary or "none"
+        tags["tracker.quality.higher_is_better"] = str(self.higher_is_better).lower()
+        tags.setdefault("tracker.quality.meaningful", "true")
+        if self.outputs == 0:
+            tags["tracker.measurement.no_outputs"] = (
+                "no outputs were counted: call m.count(n) as outputs are produced; per-output figures are NaN")
+        self.recorder.log(params={"n_samples": self.outputs}, metrics=metrics, tags=tags)
+        log_records(self.recorder, self.meter)
+        return metrics, tags
+
+
 def _sum(values: Any) -> Any:
     values = list(values)
     return sum(values[1:], values[0]) if values else None
@@ -229,13 +252,8 @@ def _measured(*, task: str, model: str, dataset: str | None, experiment: str | N
     from tracker.loading.device import resolve_device
     from tracker.measurement.carbon import resolve_location
     from tracker.measurement.meter import EnergyMeter
-    from tracker.recording.lifecycle import (
-        RunDataset,
-        check_tracking_server,
-        recorded_run,
-    )
-    from tracker.recording.metrics import run_metrics
-    from tracker.recording.provenance import log_records, outcome_tags, version_tags
+    from tracker.recording.lifecycle import RunDataset, check_tracking_server, recorded_run
+    from tracker.recording.provenance import version_tags
 
     check_tracking_server()
     location = resolve_location(country, carbon_intensity)
@@ -271,20 +289,5 @@ def _measured(*, task: str, model: str, dataset: str | None, experiment: str | N
             _ACTIVE.remove(measurement)
             session.close_query(exc)
             meter.close()
-            query = session.query_reading()
-            outcome = session.outcome
-            outcome.queries = [query] if query is not None else []
-            if "quality" not in outcome.quality:
-                outcome.quality_unavailable = "no quality was logged: call m.log_quality(name=value) in the block"
-            metrics = run_metrics(outcome, generative=session.tokens > 0)
-            run_tags_after = outcome_tags(meter, outcome, expected_inferences=None,
-                                          note=run_tags.get("mlflow.note.content", ""))
-            run_tags_after["tracker.quality.metric"] = session.primary or "none"
-            run_tags_after["tracker.quality.higher_is_better"] = str(session.higher_is_better).lower()
-            run_tags_after.setdefault("tracker.quality.meaningful", "true")
-            if session.outputs == 0:
-                run_tags_after["tracker.measurement.no_outputs"] = (
-                    "no outputs were counted: call m.count(n) as outputs are produced; per-output figures are NaN")
-            recorder.log(params={"n_samples": session.outputs}, metrics=metrics, tags=run_tags_after)
-            log_records(recorder, meter)
+            metrics, run_tags_after = session.log_outcome(note=run_tags.get("mlflow.note.content", ""))
             measurement.metrics, measurement.tags = metrics, run_tags | run_tags_after

@@ -62,8 +62,8 @@ class MlflowModel:
 
 
 def resolve_model_uri(uri: str) -> MlflowModel:
-    """Find the model in MLflow, fetch its files once, and say how it runs."""
-    check_model_uri(uri)
+    """Find the model in MLflow (a URI ``check_model_uri`` accepted), fetch its files once, and say
+    how it runs."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

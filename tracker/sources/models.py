@@ -7,7 +7,6 @@ with the reason recorded; a model the user named that cannot be loaded is an err
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,21 +14,18 @@ from typing import Literal
 from tracker.errors import ModelLoadError
 from tracker.loading.builtin import (
     BUILTIN_MODEL,
-    BUILTINS,
     build_once,
     builtin_dataset_file,
     read_rows,
     save_tiny_language_model,
 )
-from tracker.loading.remote_code import TRUST_FLAG, custom_code
-from tracker.loading.weights import weights_problem
-from tracker.sources.mlflow_models import MlflowModel, is_model_uri, resolve_model_uri
+from tracker.sources.mlflow_models import MlflowModel, resolve_model_uri
+from tracker.sources.reference import ModelReference, check_model_location
 from tracker.tasks.base import Task, texts_of
 
 logger = logging.getLogger(__name__)
 
 ModelSource = Literal["hub", "local", "package", "builtin-tiny", "mlflow"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -44,59 +40,36 @@ class ModelChoice:
     def local_only(self) -> bool:
         return self.source != "hub"
 
+    @property
+    def runs_as_logged(self) -> bool:
+        """An MLflow pyfunc model: run through its own predict, neither converted nor re-batched by us."""
+        return self.mlflow is not None and self.mlflow.flavor == "pyfunc"
 
-def resolve_model(task: Task, requested: str | None, *, hub_reachable: bool,
+
+def resolve_model(task: Task, reference: ModelReference, *, hub_reachable: bool,
                   trust_remote_code: bool = False) -> ModelChoice:
-    if requested == BUILTIN_MODEL:
+    """The model a classified reference (``classify_model``) names, ready to load: built, fetched
+    from MLflow, found locally, or the Hub id (the task's default falls back to the built-in tiny
+    model when the Hub cannot be reached)."""
+    text = reference.text
+    if reference.kind == "builtin":
         return builtin_model(task)
-    if requested in BUILTINS:
-        return builtin_multipurpose(requested)
-    if requested is not None and is_model_uri(requested):
-        kept = resolve_model_uri(requested)
+    if reference.kind == "builtin-multipurpose":
+        return builtin_multipurpose(text)
+    if reference.kind == "mlflow":
+        kept = resolve_model_uri(text)
         if kept.flavor == "transformers":  # the same checks as any folder: its own code, its weights
             check_model_location(kept.folder, trust_remote_code=trust_remote_code)
-        return ModelChoice(requested, kept.folder, "mlflow", mlflow=kept)
-    if requested is None:
-        reason = hub_unavailable_reason(task.default_model, hub_reachable)
-        if reason is None:
-            return ModelChoice(task.default_model, task.default_model, "hub")
-        return offline_default(task, f"default model {task.default_model}: {reason}")
-    local = check_model_location(requested, trust_remote_code=trust_remote_code)
-    if local is not None:
-        return ModelChoice(str(local), str(local), "local")
+        return ModelChoice(text, kept.folder, "mlflow", mlflow=kept)
+    if reference.kind == "local":
+        return ModelChoice(str(reference.folder), str(reference.folder), "local")
+    requested = text or task.default_model
     reason = hub_unavailable_reason(requested, hub_reachable)
-    if reason is not None:
-        raise ModelLoadError(f"cannot load model '{requested}': {reason}")
-    return ModelChoice(requested, requested, "hub")
-
-
-def check_model_location(requested: str, *, trust_remote_code: bool = False) -> Path | None:
-    """The resolved local folder of a model, None for a Hub id; raises for what cannot be a model.
-
-    Cheap (no torch, no network), so that a wrong path is answered before anything heavy starts.
-    """
-    path = Path(requested).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"model folder '{requested}' has no config.json; pass a folder written by "
-                f"save_pretrained, a Hugging Face Hub id, or {BUILTIN_MODEL}"
-            )
-        code = custom_code(path)
-        if code and not trust_remote_code:
-            raise ModelLoadError(
-                f"model folder '{requested}' ships its own code ({code}), which runs only with "
-                f"{TRUST_FLAG}: pass it only if you trust that code")
-        problem = weights_problem(path)
-        if problem:
-            raise ModelLoadError(f"model folder '{requested}': {problem}")
-        return path.resolve()
-    if requested.startswith((".", "/", "~")) or not _HUB_ID.match(requested):
-        raise ModelLoadError(
-            f"model path '{requested}' does not exist; pass a folder written by save_pretrained, "
-            f"a Hugging Face Hub id, or {BUILTIN_MODEL}"
-        )
-    return None
+    if reason is None:
+        return ModelChoice(requested, requested, "hub")
+    if reference.kind == "default":
+        return offline_default(task, f"default model {task.default_model}: {reason}")
+    raise ModelLoadError(f"cannot load model '{requested}': {reason}")
 
 
 def hub_unavailable_reason(repo_id: str, hub_reachable: bool) -> str | None:

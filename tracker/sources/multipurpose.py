@@ -17,14 +17,7 @@ from tracker.errors import ConfigError, ModelLoadError
 from tracker.loading.builtin import BUILTINS, Architecture
 from tracker.loading.remote_code import pretrained
 from tracker.sources.models import ModelChoice
-from tracker.tasks.base import (
-    BatchOutput,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    decode_generated,
-    pad_on_the_left,
-)
+from tracker.tasks.base import BatchOutput, GenerationSettings, LoadedModel, Task, decode_generated, pad_on_the_left
 
 # Instruction-tuned families: a seq2seq model of these names is prompted even on summarization,
 # where a seq2seq model is otherwise the task's own kind.
@@ -42,7 +35,7 @@ class ModelKind:
 
 def decide_kind(task: Task, model: ModelChoice, requested: str) -> ModelKind:
     """Whether the model does the task with its own head or is prompted, and why."""
-    if model.mlflow is not None and model.mlflow.flavor == "pyfunc":
+    if model.runs_as_logged:
         from tracker.sources.mlflow_models import PyfuncPredictor
 
         return ModelKind("task-specific", "an MLflow pyfunc model: run through its predict", PyfuncPredictor(task))

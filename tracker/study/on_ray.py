@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tracker.errors import TrackerError
-from tracker.execution.cluster import (
-    NodeSlots,
-    check_store_for,
-    connect,
-    short,
-    stop,
-    tracking_env,
-)
+from tracker.execution.cluster import Node, NodeSlots, check_store_for, connect, short, tracking_env
+from tracker.execution.scheduler import NodeScheduler, Placed
 from tracker.study.definition import Combination, StudyDefinition
 from tracker.study.outcomes import Executor, Outcome, Pending, Progress
 
 NODE_LOSS_RETRIES = 1  # a combination whose node died is tried once more, elsewhere
-WAIT_S = 2.0  # how often the driver looks at the cluster while tasks run
+LOST_RUN_WAIT_S = 15.0  # how long a lost node's run has to close itself KILLED before the driver closes it
 
 
 def measure_on_node(config: dict[str, Any], tags: dict[str, str], attempt: str, env: dict[str, str]) -> dict[str, Any]:
@@ -60,13 +52,11 @@ def measure_on_node(config: dict[str, Any], tags: dict[str, str], attempt: str, 
 
 
 @dataclass
-class _Flight:
-    number: int
+class _Job:
+    number: int  # in the definition
     combination: Combination
-    node: str
-    attempt: str
-    tries: int
-    started: float
+    tries: int = 0
+    attempt: str = ""  # tag tracker.attempt of its current try: how its run is found if its node is lost
 
 
 def ray_executor(*, address: str | None, per_node: int) -> Executor:
@@ -75,73 +65,60 @@ def ray_executor(*, address: str | None, per_node: int) -> Executor:
         if not pending:
             return
         ray = connect(address)
-        from ray.exceptions import RayError, RayTaskError
+        from ray.exceptions import RayTaskError
 
         slots = NodeSlots(ray, per_node)
         check_store_for(list(slots.nodes.values()), client.tracking_uri)
-        env = tracking_env(client.tracking_uri)
-        task = ray.remote(measure_on_node)
+        env, task = tracking_env(client.tracking_uri), ray.remote(measure_on_node)
         tags = {"tracker.study.name": definition.name, "tracker.executor": "ray",
                 "tracker.executor.per_node": str(per_node)}
-        queue = deque((number, combination, 0, "") for number, combination in pending)
-        running: dict[Any, _Flight] = {}
+
+        def submit(job: _Job, node: Node) -> Any:
+            job.attempt = uuid.uuid4().hex
+            progress.started(job.combination, f"node {short(node.id)}")
+            return task.options(**slots.options(node)).remote(job.combination.config.as_dict(), tags, job.attempt, env)
+
+        scheduler: NodeScheduler[_Job] = NodeScheduler(ray, slots, submit, what="measure on")
+        for number, combination in pending:
+            scheduler.add(_Job(number, combination))
         try:
-            while queue or running:
-                slots.refresh()
-                if not slots.nodes:
-                    raise TrackerError(f"no node of the Ray cluster is alive to measure on; {len(queue) + len(running)} "
-                                       "combination(s) left: start nodes (ray start --address ...) and run the "
-                                       "same command again")
-                while queue:
-                    number, combination, tries, avoid = queue[0]
-                    node = slots.take(avoid=avoid or None)
-                    if node is None:
-                        break
-                    queue.popleft()
-                    attempt = uuid.uuid4().hex
-                    ref = task.options(**slots.options(node)).remote(combination.config.as_dict(), tags, attempt, env)
-                    running[ref] = _Flight(number, combination, node.id, attempt, tries, time.monotonic())
-                    progress.started(combination, f"node {short(node.id)}")
-                ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
-                for ref in ready:
-                    flight = running.pop(ref)
-                    slots.give_back(flight.node)
-                    try:
-                        reply = ray.get(ref)
-                    except RayTaskError as err:  # our task raised: a fault of this code or the store, not of the node
-                        outcome = _lost(client, flight, tags, f"the task failed on its node: {_first_line(err)}")
-                    except RayError as err:  # the node or its worker died
-                        reason = f"its Ray node {short(flight.node)} was lost ({type(err).__name__})"
-                        again = flight.tries < NODE_LOSS_RETRIES
-                        outcome = _lost(client, flight, tags, reason, record_missing=not again)
-                        if again:
-                            progress.ended(outcome, retrying=True)
-                            queue.appendleft((flight.number, flight.combination, flight.tries + 1, flight.node))
-                            continue
-                    else:
-                        outcome = Outcome(flight.combination, reply["status"], reply["run_id"], reply["reason"],
-                                          reply["seconds"], reply["metrics"], f"node {short(flight.node)}")
-                    progress.ended(outcome)
-                    yield flight.number, outcome
+            for placed in scheduler.finished():
+                job, where = placed.job, f"node {short(placed.node)}"
+                if isinstance(placed.error, RayTaskError):  # our task raised: a fault of this code or the store
+                    outcome = _lost(client, placed, tags, f"the task failed on its node: {_first_line(placed.error)}")
+                elif placed.error is not None:  # the node or its worker died
+                    again = job.tries < NODE_LOSS_RETRIES
+                    outcome = _lost(client, placed, tags, f"its Ray node {short(placed.node)} was lost "
+                                    f"({type(placed.error).__name__})", record_missing=not again)
+                    if again:
+                        progress.ended(outcome, retrying=True)
+                        job.tries += 1
+                        scheduler.add(job, avoid=placed.node, first=True)
+                        continue
+                else:
+                    reply = placed.value
+                    outcome = Outcome(job.combination, reply["status"], reply["run_id"], reply["reason"],
+                                      reply["seconds"], reply["metrics"], where)
+                progress.ended(outcome)
+                yield job.number, outcome
         except BaseException as err:  # Ctrl-C, or the consumer gone: no task measures on unwatched
-            stop(ray, list(running))  # each task's child gets SIGTERM and ends its run KILLED, with its energy
-            for flight in running.values():
-                _lost(client, flight, tags, f"the study was stopped ({type(err).__name__}) while it measured",
+            for placed in scheduler.stop():  # each task's child gets SIGTERM and ends its run KILLED, with its energy
+                _lost(client, placed, tags, f"the study was stopped ({type(err).__name__}) while it measured",
                       record_missing=False)
             raise
 
     return measure
 
 
-def _lost(client: Any, flight: _Flight, tags: dict[str, str], reason: str, record_missing: bool = True) -> Outcome:
+def _lost(client: Any, placed: Placed[_Job], tags: dict[str, str], reason: str, record_missing: bool = True) -> Outcome:
     """The outcome of a task that returned no result: its run closed with the reason."""
-    from tracker.execution.child import close_lost_attempt
+    from tracker.execution.child import close_attempt
 
-    run_id = close_lost_attempt(client, flight.combination.config,
-                                tags | {"tracker.executor.node": flight.node}, flight.attempt, reason,
-                                record_missing=record_missing)
-    return Outcome(flight.combination, "FAILED", run_id, reason, time.monotonic() - flight.started,
-                   node=f"node {short(flight.node)}")
+    job = placed.job
+    run_id = close_attempt(client, job.combination.config, tags | {"tracker.executor.node": placed.node}, job.attempt,
+                           reason, wait_s=LOST_RUN_WAIT_S, record_missing=record_missing)
+    return Outcome(job.combination, "FAILED", run_id, reason, time.monotonic() - placed.started,
+                   node=f"node {short(placed.node)}")
 
 
 def _first_line(err: BaseException) -> str:

@@ -8,16 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import save_tiny_distilbert
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    texts_of,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 from tracker.tasks.prose import paragraph
+from tracker.tasks.registry import register
 
 MASK = "<mask>"  # replaced by the model's own mask token at prediction time
 WINDOW_WORDS = 100  # the text around the masked word, so every input fits the model

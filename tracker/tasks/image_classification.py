@@ -6,17 +6,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    class_name,
-    input_dtype,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, class_name, input_dtype
 from tracker.tasks.media import SHAPES, load_image, write_scenes
+from tracker.tasks.registry import register
 
 
 @register

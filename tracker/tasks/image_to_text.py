@@ -8,7 +8,7 @@ from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
 from tracker.loading.remote_code import pretrained
-from tracker.tasks import quality, register
+from tracker.tasks import quality
 from tracker.tasks.base import (
     BatchOutput,
     DatasetSpec,
@@ -20,6 +20,7 @@ from tracker.tasks.base import (
     texts_of,
 )
 from tracker.tasks.media import load_image, write_scenes
+from tracker.tasks.registry import register
 
 
 @register

@@ -6,17 +6,10 @@ import random
 from pathlib import Path
 from typing import Any
 
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    class_name,
-    input_dtype,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, class_name, input_dtype
 from tracker.tasks.media import SHAPES, load_image, write_scenes
+from tracker.tasks.registry import register
 
 # Detections kept per image, as COCO's evaluation does.
 MAX_DETECTIONS = 100
@@ -80,12 +73,7 @@ class ObjectDetection(Task):
         return f"image {value.width}x{value.height}"
 
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
-        from transformers import (
-            DetrConfig,
-            DetrForObjectDetection,
-            DetrImageProcessor,
-            ResNetConfig,
-        )
+        from transformers import DetrConfig, DetrForObjectDetection, DetrImageProcessor, ResNetConfig
 
         labels = dict(enumerate(SHAPES))
         backbone = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],

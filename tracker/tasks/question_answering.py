@@ -7,16 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import save_tiny_distilbert
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    texts_of,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
 from tracker.tasks.prose import ORGANISATIONS, PEOPLE, PLACES
+from tracker.tasks.registry import register
 
 MAX_ANSWER_TOKENS = 30  # as in the SQuAD reference implementations
 MAX_INPUT_TOKENS = 384

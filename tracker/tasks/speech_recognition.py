@@ -7,17 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.remote_code import pretrained
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    input_dtype,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, input_dtype
 from tracker.tasks.media import SAMPLING_RATE, load_audio, speak, write_wav
 from tracker.tasks.prose import sentence
+from tracker.tasks.registry import register
 
 SAMPLE_RATE_ON_DISK = 8_000  # the built-in clips are stored at 8 kHz and resampled, to stay small
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
-from tracker.tasks import quality, register
+from tracker.tasks import quality
 from tracker.tasks.base import (
     BatchOutput,
     DatasetSpec,
@@ -18,6 +18,7 @@ from tracker.tasks.base import (
     decode_generated,
     texts_of,
 )
+from tracker.tasks.registry import register
 
 
 @register

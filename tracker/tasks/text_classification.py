@@ -8,15 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import save_tiny_distilbert
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    texts_of,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.tasks.registry import register
 
 SENTIMENT = ("negative", "positive")
 # Spellings of the same class in model configs and datasets.

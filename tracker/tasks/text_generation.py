@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
-from tracker.tasks import register
 from tracker.tasks.base import (
     BatchOutput,
     DatasetSpec,
@@ -20,6 +19,7 @@ from tracker.tasks.base import (
     texts_of,
 )
 from tracker.tasks.prose import paragraph
+from tracker.tasks.registry import register
 
 MIN_WORDS = 16  # shorter texts (WikiText's headings and blank lines) are passed over
 PART_WORDS = 32  # at most this many words of prompt, and of reference continuation

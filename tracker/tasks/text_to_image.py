@@ -16,15 +16,8 @@ from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
 from tracker.loading.remote_code import pretrained
-from tracker.tasks import register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    texts_of,
-)
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, texts_of
+from tracker.tasks.registry import register
 
 CLIP_MODEL = "openai/clip-vit-base-patch16"
 
@@ -114,12 +107,7 @@ class TextToImage(Task):
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
         """A tiny Stable Diffusion: UNet, VAE and CLIP text encoder built from configs (as in
         diffusers' own tests), saved as a pipeline and loaded back like any other."""
-        from diffusers import (
-            AutoencoderKL,
-            PNDMScheduler,
-            StableDiffusionPipeline,
-            UNet2DConditionModel,
-        )
+        from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
         tokenizer = train_tokenizer(texts_of(rows), "bart")

@@ -8,17 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import save_tiny_distilbert
-from tracker.tasks import quality, register
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    class_name,
-    texts_of,
-)
+from tracker.tasks import quality
+from tracker.tasks.base import BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, class_name, texts_of
 from tracker.tasks.prose import ORGANISATIONS, PEOPLE, PLACES
+from tracker.tasks.registry import register
 
 CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 

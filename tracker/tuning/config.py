@@ -7,36 +7,45 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tracker.errors import ConfigError
+from tracker.loading.precision import PRECISIONS
+from tracker.options import option, parse_values
 from tracker.runs.config import RunConfig
-from tracker.tuning.strategies import (
-    DEFAULT_KNOBS,
-    PRECISION_ORDER,
-    STRATEGIES,
-    Space,
-    knob_values,
-    parse_knobs,
-)
+from tracker.tuning.strategies import DEFAULT_KNOBS, PRECISION_ORDER, STRATEGIES, Space, knob_values, parse_knobs
 
 Objective = Literal["carbon", "pareto"]
+TUNE_SEARCHES = ("batch_size", "precision")  # run options the search sets itself: not tune's flags
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 
 @dataclass(frozen=True, kw_only=True)
 class TuneConfig:
     run: RunConfig  # what every trial measures; batch_size and precision are the search's
-    n_trials: int = 20
-    max_batch_size: int = 64
-    precisions: tuple[str, ...] = ()  # empty: every precision that can apply to the device
-    max_quality_drop: float = 0.01
-    objective: Objective = "carbon"
-    study_name: str | None = None
-    storage: str = DEFAULT_STORAGE
-    min_window_s: float = 3.0
-    heartbeat_s: int = 30
-    seed: int | None = None
-    baseline_every: int = 4  # each worker measures the baseline again after this many trials
-    strategy: str = "structured"  # how the next setting is picked (tracker.tuning.strategies)
-    knobs: tuple[str, ...] = DEFAULT_KNOBS  # what is searched; the others stay as the run sets them
+    n_trials: int = option(20, minimum=1, help="trials in the study, all workers together (default 20)")
+    max_batch_size: int = option(64, minimum=1, help="largest batch size tried; powers of two up to it (default 64)")
+    precisions: tuple[str, ...] = option(  # empty: every precision that can apply to the device
+        (), help="comma-separated precisions to try (default: all that apply to the device)")
+    max_quality_drop: float = option(0.01, help="allowed quality loss against fp32 at batch 1, a fraction "
+                                                "(default 0.01)")
+    objective: Objective = option("carbon", help="carbon (lowest gCO2eq per output, quality as a constraint) or "
+                                                 "pareto (default carbon)")
+    study_name: str | None = option(help="Optuna study name; the same name and storage continue a study "
+                                         "(default: derived)")
+    storage: str = option(DEFAULT_STORAGE, help="sqlite:///FILE (one worker, default sqlite:///optuna.db) or "
+                                                "postgresql://... (several)")
+    min_window_s: float = option(3.0, help="repeat the query phase until the baseline fills this many seconds "
+                                           "(default 3)")
+    heartbeat_s: int = option(30, minimum=1, help="seconds between a worker's heartbeats; a trial silent 3x as "
+                                                  "long is retried (default 30)")
+    sampler_seed: int | None = option(minimum=0, help="seed of the sampler (default: random)")
+    baseline_every: int = option(4, minimum=1,  # each worker measures the baseline again after this many trials
+                                 help="measure the baseline (batch 1, fp32) again after this many trials of a "
+                                      "worker (default 4)")
+    strategy: str = option("structured",  # how the next setting is picked (tracker.tuning.strategies)
+                           help="structured (default: largest batch first per precision, bisect where quality "
+                                "breaks, confirm the leaders), tpe, gp, random or grid")
+    knobs: tuple[str, ...] = option(DEFAULT_KNOBS,  # what is searched; the others stay as the run sets them
+                                    help="comma-separated knobs to search: batch_size, precision, threads, "
+                                         "sort_by_length, attention, compile (default: batch_size,precision)")
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -49,7 +58,10 @@ class TuneConfig:
             raise ConfigError(f"--max-quality-drop must be in [0, 1), got {self.max_quality_drop:g}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{self.strategy}': use {', '.join(STRATEGIES)}")
-        parse_knobs(self.knobs)
+        if any(p not in PRECISIONS for p in self.precisions):
+            raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, "
+                              f"got '{','.join(self.precisions)}'")
+        object.__setattr__(self, "knobs", parse_knobs(self.knobs))  # checked, in the search's order
         if self.objective not in ("carbon", "pareto"):
             raise ConfigError(f"unknown objective '{self.objective}': use carbon or pareto")
         if not self.storage.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql")):
@@ -71,8 +83,6 @@ class TuneConfig:
         return [2 ** i for i in range(int(math.log2(self.max_batch_size)) + 1)]
 
     def search_precisions(self, device: str) -> list[str]:
-        from tracker.loading.precision import PRECISIONS
-
         if self.precisions:
             return list(self.precisions)
         return [p for p in PRECISIONS if not (p == "int8" and device != "cpu")]
@@ -97,33 +107,9 @@ class TuneConfig:
 def parse_tune_config(run: RunConfig, **raw: Any) -> TuneConfig:
     """A TuneConfig from raw values (the CLI's strings, or the API's numbers and lists); empty and
     None mean "default". Each bad value gets a one-line error naming its flag."""
-    from tracker.loading.precision import PRECISIONS
-    from tracker.runs.config import _integer, _number, flag
-
-    raw = {k: v for k, v in raw.items() if v not in (None, "")}
-    known = {"n_trials", "max_batch_size", "precisions", "max_quality_drop", "objective", "study_name", "storage",
-             "min_window_s", "heartbeat_s", "sampler_seed", "baseline_every", "strategy", "knobs"}
-    unknown = set(raw) - known
-    if unknown:
-        raise ConfigError(f"unknown search parameter(s): {', '.join(flag(k) for k in sorted(unknown))}")
-    options: dict[str, Any] = {"run": run}
-    for name, minimum in (("n_trials", 1), ("max_batch_size", 1), ("heartbeat_s", 1), ("sampler_seed", 0),
-                          ("baseline_every", 1)):
-        if name in raw:
-            options["seed" if name == "sampler_seed" else name] = _integer(name, raw[name], minimum)
-    for name in ("max_quality_drop", "min_window_s"):
-        if name in raw:
-            options[name] = _number(name, raw[name])
-    if "precisions" in raw:
-        given = raw["precisions"]
-        chosen = tuple(v.strip() for v in (given.split(",") if isinstance(given, str) else given) if str(v).strip())
-        if not chosen or any(p not in PRECISIONS for p in chosen):
-            raise ConfigError(f"--precisions takes a comma-separated list of {', '.join(PRECISIONS)}, got '{given}'")
-        options["precisions"] = chosen
-    if "knobs" in raw:
-        options["knobs"] = parse_knobs(raw["knobs"])
-    options.update({k: raw[k] for k in ("objective", "study_name", "storage", "strategy") if k in raw})
-    return TuneConfig(**options)
+    if "run" in raw:
+        raise ConfigError("unknown search parameter(s): run")
+    return TuneConfig(run=run, **parse_values(TuneConfig, raw, what="search parameter"))
 
 
 def default_threads() -> int:

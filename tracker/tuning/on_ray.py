@@ -7,15 +7,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tracker.errors import ConfigError, TrackerError
-from tracker.execution.cluster import (
-    NodeSlots,
-    check_store_for,
-    connect,
-    short,
-    stop,
-    tracking_env,
-)
+from tracker.errors import ConfigError
+from tracker.execution.cluster import Node, NodeSlots, check_store_for, connect, short, tracking_env
+from tracker.execution.scheduler import NodeScheduler
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +25,12 @@ def run_worker(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
 
     import ray
 
+    from tracker.execution.child import start_child
     from tracker.execution.cluster import cancellable
-    from tracker.recording.signals import die_with_parent
 
     def work(started: Any) -> tuple[int, str, str]:
-        process = subprocess.Popen([sys.executable, "-m", "tracker", *argv], env=dict(os.environ) | env,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   preexec_fn=die_with_parent)
+        process = start_child([sys.executable, "-m", "tracker", *argv], env=dict(os.environ) | env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         started(process)
         out, err = process.communicate()
         return process.returncode, out, err
@@ -59,36 +52,24 @@ def run_workers(argv: list[str], *, workers: int, storage: str, tracking_uri: st
     check_store_for(list(slots.nodes.values()), tracking_uri)
     check_store_for(list(slots.nodes.values()), storage, "Optuna storage",
                     "pass --storage postgresql://USER:PASSWORD@HOST/DB, a database every node reaches")
-    from ray.exceptions import RayError
+    task, env = ray.remote(run_worker), tracking_env(tracking_uri)
 
-    task = ray.remote(run_worker)
-    env = tracking_env(tracking_uri)
-    waiting, running = workers, {}
+    def submit(number: int, node: Node) -> Any:
+        logger.info("tune worker %d of %d started on node %s", number, workers, short(node.id))
+        return task.options(**slots.options(node)).remote(argv, env)
+
+    scheduler: NodeScheduler[int] = NodeScheduler(ray, slots, submit, what="run a tune worker on")
+    for number in range(1, workers + 1):
+        scheduler.add(number)
     results: list[dict[str, Any]] = []
-    try:
-        while waiting or running:
-            slots.refresh()
-            if not slots.nodes:
-                raise TrackerError("no node of the Ray cluster is alive to run a tune worker on: start nodes "
-                                   "(ray start --address ...) and run the same command again (it resumes the study)")
-            while waiting and (node := slots.take()) is not None:
-                waiting -= 1
-                running[task.options(**slots.options(node)).remote(argv, env)] = node.id
-                logger.info("tune worker %d of %d started on node %s", workers - waiting, workers, short(node.id))
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=2.0)
-            for ref in ready:
-                node = running.pop(ref)
-                slots.give_back(node)
-                try:
-                    result = ray.get(ref)
-                except RayError as err:  # its node died: Optuna fails its trial by heartbeat, the others go on
-                    result = {"code": 1, "stdout": "", "stderr": f"its Ray node was lost ({type(err).__name__})",
-                              "node": node}
-                logger.info("tune worker on node %s ended with exit code %d", short(result["node"]), result["code"])
-                results.append(result)
-    except BaseException:  # each worker gets SIGTERM and ends its runs KILLED
-        stop(ray, list(running))
-        raise
+    for placed in scheduler.finished():  # stopped: each worker gets SIGTERM and ends its runs KILLED
+        # A worker whose node died: Optuna fails its trial by heartbeat, and the other workers go on.
+        result = placed.value if placed.error is None else {
+            "code": 1, "stdout": "", "stderr": f"its Ray node was lost ({type(placed.error).__name__})",
+            "node": placed.node}
+        logger.info("tune worker %d of %d on node %s ended with exit code %d", placed.job, workers,
+                    short(result["node"]), result["code"])
+        results.append(result)
     last = results[-1]
     for result in results:
         if result["code"] != 0:

@@ -11,12 +11,7 @@ from typing import Any
 
 from tracker.measurement.pareto import pareto_front
 from tracker.measurement.stats import Spread, pooled, ratio_interval
-from tracker.tuning.baseline import (
-    BASELINE_ATTR,
-    OBJECTIVE_METRIC,
-    baseline_spread,
-    trial_spread,
-)
+from tracker.tuning.baseline import BASELINE_ATTR, OBJECTIVE_METRIC, baseline_spread, trial_spread
 from tracker.tuning.strategies import KNOBS, key
 
 

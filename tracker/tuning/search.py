@@ -24,12 +24,7 @@ from tracker.tuning.baseline import (
 )
 from tracker.tuning.config import TuneConfig, feasibility
 from tracker.tuning.results import describe, summarize
-from tracker.tuning.storage import (
-    create_or_load,
-    open_storage,
-    safe_url,
-    single_sqlite_worker,
-)
+from tracker.tuning.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
 from tracker.tuning.strategies import Space, StructuredSampler, make_sampler
 
 logger = logging.getLogger(__name__)
@@ -60,7 +55,7 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     with interrupts_raise(), single_sqlite_worker(config.storage):
         storage = open_storage(config)
         space = config.space(device)
-        new_sampler = lambda: make_sampler(config.strategy, space, seed=config.seed,  # noqa: E731
+        new_sampler = lambda: make_sampler(config.strategy, space, seed=config.sampler_seed,  # noqa: E731
                                            n_trials=config.n_trials, pareto=config.objective == "pareto")
         study, created = create_or_load(config, storage, task.higher_is_better, new_sampler())
         if not created and baseline_failed(client, study):
