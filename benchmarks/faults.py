@@ -9,8 +9,9 @@ promises: the run FINISHED, FAILED or KILLED with its energy, or one line and no
 
     python benchmarks/faults.py [--only NAME ...]
 
-The last line is `faults_survived=<n>/<total> runs_left_running=<runs RUNNING in any store at the
-end> measurements_lost=<interrupted runs without their energy> tracebacks=<tracebacks printed>`.
+The last line is `faults_survived=<n>/<tried> not_tried=<faults this machine cannot produce, e.g.
+chattr refused> runs_left_running=<runs RUNNING in any store at the end> measurements_lost=<interrupted
+runs without their energy> tracebacks=<tracebacks printed>`.
 """
 
 from __future__ import annotations
@@ -318,13 +319,13 @@ def nan_inputs(bench: Bench) -> bool:
             and run.data.metrics.get("inferences_measured") == 3)
 
 
-def read_only_store(bench: Bench) -> bool:
+def read_only_store(bench: Bench) -> bool | None:
     env = bench.env("read_only_store")
     bench.tracker(env, "run", "--task", "text-classification", "--model", "builtin-tiny", "--n-samples", "1", *RUN)
     database = bench.root / "read_only_store" / "mlflow.db"
     if subprocess.run(["chattr", "+i", str(database)], capture_output=True).returncode != 0:
         print("  (chattr not allowed here: the read-only store is not tried)")
-        return True
+        return NOT_TRIED
     try:
         done = bench.tracker(env, "run", "--task", "text-classification", "--model", "builtin-tiny",
                              "--n-samples", "1", *RUN)
@@ -346,7 +347,9 @@ def ctrl_c_before_run(bench: Bench) -> bool:
     return code == 128 + signal.SIGINT and "nothing was recorded" in err and not bench.runs(env)
 
 
-FAULTS: list[Callable[[Bench], bool]] = [
+NOT_TRIED = None  # what a fault returns where this machine cannot produce it: neither survived nor failed
+
+FAULTS: list[Callable[[Bench], bool | None]] = [
     custom_code, fresh_store_eight, server_lost,
     interrupted((signal.SIGKILL,), "FAILED"), interrupted((signal.SIGINT,), "KILLED"),
     interrupted((signal.SIGINT, signal.SIGINT), "KILLED"), mlflow_run_ctrl_c, tune_sigterm, failed_baseline,
@@ -376,7 +379,7 @@ def main() -> None:
     args = parser.parse_args()
     bench = Bench()
     chosen = [f for f in FAULTS if not args.only or f.__name__ in args.only]
-    survived = 0
+    survived = not_tried = 0
     for fault in chosen:
         started = time.monotonic()
         tracebacks = bench.tracebacks
@@ -385,13 +388,14 @@ def main() -> None:
         except Exception as err:  # a fault that broke the benchmark itself did not survive
             ok = False
             print(f"  {fault.__name__}: {type(err).__name__}: {err}")
-        survived += ok
-        print(f"{fault.__name__:<24} {'survived' if ok else 'FAILED':<9} {time.monotonic() - started:6.1f} s"
+        survived += ok is True
+        not_tried += ok is NOT_TRIED
+        verdict = "not tried" if ok is NOT_TRIED else "survived" if ok else "FAILED"
+        print(f"{fault.__name__:<24} {verdict:<9} {time.monotonic() - started:6.1f} s"
               f"{'  tracebacks: ' + str(bench.tracebacks - tracebacks) if bench.tracebacks > tracebacks else ''}",
               flush=True)
-    print(f"faults_survived={survived}/{len(chosen)} runs_left_running={bench.left_running()} "
-          f"measurements_lost={bench.lost} tracebacks={bench.tracebacks}")
-
+    print(f"faults_survived={survived}/{len(chosen) - not_tried} not_tried={not_tried} "
+          f"runs_left_running={bench.left_running()} measurements_lost={bench.lost} tracebacks={bench.tracebacks}")
 
 if __name__ == "__main__":
     main()

@@ -91,6 +91,43 @@ def all_runs(client) -> list:
     return client.search_runs([e.experiment_id for e in experiments], max_results=50000)  # MLflow's most
 
 
+@contextlib.contextmanager
+def started(command: list[str], env: dict | None = None, **popen) -> Iterator[subprocess.Popen]:
+    """A child in a process group of its own (text pipes by default), killed with its group when the
+    test leaves, however it leaves (a failed assertion, a timeout)."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True} | popen
+    process = subprocess.Popen(command, env=env or subprocess_env(), start_new_session=True, **options)
+    try:
+        yield process
+    finally:  # the whole group: a child it left (its leader killed first) goes too
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def read_until(stream, found, timeout_s: float) -> str:
+    """What ``stream`` said until ``found(text so far)`` is true; an AssertionError with the text when
+    the deadline passes or the stream ends first. Read in a thread: a silent child cannot hang the test."""
+    import threading
+
+    seen: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while chunk := stream.read(1):
+            seen.append(chunk)
+            if chunk in "[]\r\n" and found("".join(seen[-300:])):  # at the end of a progress line
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    done.wait(timeout_s)
+    text = "".join(seen)
+    if not found(text):
+        raise AssertionError(f"not seen within {timeout_s:.0f} s: {text[-2000:]}")
+    return text
+
+
 def subprocess_env(**extra: str) -> dict[str, str]:
     """Environment for a child `python -m tracker`: the repo importable, the venv's bin on PATH."""
     env = dict(os.environ)

@@ -10,11 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MlflowServer, all_runs, subprocess_env
+from conftest import MlflowServer, all_runs, started, subprocess_env
 
 EVIL = '''
 from pathlib import Path
@@ -31,20 +30,6 @@ def summarizing(n_samples: int = 1000) -> list[str]:
     """A run long enough to be hit mid-measurement: tiny summaries, one at a time."""
     return [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
             "--dataset", "builtin", "--n-samples", str(n_samples), "--no-progress", "--country", "FRA"]
-
-
-@contextlib.contextmanager
-def _started(command: list[str], env: dict | None = None, **popen) -> Iterator[subprocess.Popen]:
-    """A child in a process group of its own, killed with its group when the test leaves, however
-    it leaves."""
-    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True} | popen
-    process = subprocess.Popen(command, env=env or subprocess_env(), start_new_session=True, **options)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def _wait_for_heartbeat(client, process, deadline_s=300):
@@ -302,7 +287,7 @@ def test_a_file_without_enough_usable_rows_says_so(cli, client, hermetic, conten
 
 @pytest.mark.slow
 def test_a_sigkilled_run_keeps_its_partial_energy_and_the_next_command_closes_it(cli, client):
-    with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.DEVNULL,
+    with started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.DEVNULL,
                   stderr=subprocess.DEVNULL) as process:
         _wait_for_heartbeat(client, process)
         os.kill(process.pid, signal.SIGKILL)  # no handler runs: nothing gets to close the run
@@ -327,7 +312,7 @@ def test_sigterm_to_tune_ends_its_parent_and_its_running_trial_killed(client, he
                "--dataset", "builtin", "--n-samples", "400", "--country", "FRA", "--warmup", "0",
                "--min-window-s", "0", "--n-trials", "2", "--max-batch-size", "1", "--precisions", "fp32",
                "--storage", storage]
-    with _started(command, stdout=subprocess.DEVNULL) as worker:
+    with started(command, stdout=subprocess.DEVNULL) as worker:
         deadline = time.monotonic() + 300
         while not any(r.info.status == "RUNNING" and r.data.tags.get("tracker.tune.role") == "baseline"
                       for r in all_runs(client)):  # the baseline is measuring in its child
@@ -353,7 +338,7 @@ def test_a_lost_tracking_server_spools_the_run_and_sync_uploads_it(hermetic):
     client = MlflowClient(uri)
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
     try:
-        with _started(summarizing(600), env) as process:
+        with started(summarizing(600), env) as process:
             run_id = _wait_for_heartbeat(client, process).info.run_id  # measuring, its heartbeat reaching the server
             server.stop(signal.SIGKILL)  # the server goes away mid-run
             _, err = process.communicate(timeout=600)
@@ -461,7 +446,7 @@ def test_a_store_that_fills_mid_run_spools_the_run_and_sync_uploads_it(hermetic,
     uri = f"sqlite:///{small_filesystem}/mlflow.db"
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
     client = MlflowClient(uri)
-    with _started(summarizing(600), env) as process:
+    with started(summarizing(600), env) as process:
         run_id = _wait_for_heartbeat(client, process).info.run_id  # measuring, its heartbeat reaching the store
         filler = _fill(small_filesystem)  # the disk fills mid-run
         _, err = process.communicate(timeout=600)
@@ -509,7 +494,7 @@ def test_a_child_whose_parent_dies_closes_its_run_through_repeated_signals_and_a
     reads any more. Its run still ends KILLED with its energy, and the process exits."""
     from tracker.recording.signals import die_with_parent
 
-    with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), preexec_fn=die_with_parent) as process:
+    with started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5"), preexec_fn=die_with_parent) as process:
         measuring = _wait_for_heartbeat(client, process)
         process.stderr.close()  # the dead parent's end of the pipe
         for _ in range(6):  # a parent of 6 threads: spaced so that they arrive one by one, as the kernel's do
@@ -523,7 +508,7 @@ def test_a_child_whose_parent_dies_closes_its_run_through_repeated_signals_and_a
 
 @pytest.mark.slow
 def test_two_quick_ctrl_c_end_the_run_killed_with_its_energy(client):
-    with _started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5")) as process:
+    with started(summarizing(), subprocess_env(TRACKER_HEARTBEAT_S="0.5")) as process:
         measuring = _wait_for_heartbeat(client, process)
         os.kill(process.pid, signal.SIGINT)
         os.kill(process.pid, signal.SIGINT)  # at once: it lands while the first is being handled
@@ -543,7 +528,7 @@ def test_ctrl_c_in_the_terminal_under_mlflow_run_ends_the_measured_run_killed(cl
 
     command = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
                "-P", "task=summarization", "-P", "n_samples=1000", "-P", "country=FRA"]
-    with _started(command, subprocess_env(TRACKER_HEARTBEAT_S="0.5"), cwd=hermetic) as process:
+    with started(command, subprocess_env(TRACKER_HEARTBEAT_S="0.5"), cwd=hermetic) as process:
         measuring = _wait_for_heartbeat(client, process)
         os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl-C, to the process group
         _, err = process.communicate(timeout=300)
@@ -559,7 +544,7 @@ def test_ctrl_c_before_the_run_opens_is_one_line_and_no_run(client, hermetic):
     os.mkfifo(fifo)  # reading it blocks until a writer comes: the command waits before any run
     command = [sys.executable, "-m", "tracker", "run", "--task", "text-classification", "--model", "builtin-tiny",
                "--dataset", str(fifo), "--target-column", "label", "--n-samples", "2", "--no-progress"]
-    with _started(command) as process, open(fifo, "w"):  # opened once the command opens it: the event
+    with started(command) as process, open(fifo, "w"):  # opened once the command opens it: the event
         os.kill(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGINT, err[-3000:]
@@ -576,7 +561,7 @@ def test_ctrl_c_during_an_import_stops_between_whole_chunks(client, hermetic):
     records.write_text("\n".join([header, *rows]) + "\n")
     command = [sys.executable, "-m", "tracker", "import-codecarbon", str(records), "--task", "text-classification",
                "--dataset", "imdb", "--n-samples", "1000"]
-    with _started(command) as process:
+    with started(command) as process:
         deadline = time.monotonic() + 300
         while len(all_runs(client)) < 3:  # importing: some records are runs already
             assert process.poll() is None and time.monotonic() < deadline, "the import never started"
@@ -616,7 +601,7 @@ def test_sigterm_the_moment_a_run_exists_still_ends_it_killed(client, hermetic):
 
     database = hermetic / "mlflow.db"
     client.search_experiments()  # the store exists before the child starts, so it can be polled
-    with _started(summarizing(), stdout=subprocess.DEVNULL) as process:
+    with started(summarizing(), stdout=subprocess.DEVNULL) as process:
         deadline = time.monotonic() + 300
         while True:  # polled in SQL every few milliseconds: MLflow's client would be too slow
             assert process.poll() is None and time.monotonic() < deadline, "the run never started"

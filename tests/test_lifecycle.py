@@ -1,45 +1,38 @@
 """Runs in real child processes: interrupted by real signals, against a real MLflow server,
 launched by `mlflow run`, and two at once."""
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import REPO, all_runs, mlflow_server, subprocess_env
+from conftest import REPO, all_runs, mlflow_server, read_until, started, subprocess_env
 
 pytestmark = pytest.mark.slow
 
 
-def _tracker(*args, env=None, **popen):
-    return subprocess.Popen([sys.executable, "-m", "tracker", "run", *args], env=env or subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+def _tracker(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tracker", "run", *args]
 
 
 def _wait_for_query_phase(proc, timeout=180, at_least=1):
     """Read the child's stderr until its progress bar shows ``at_least`` measured inferences."""
-    deadline = time.time() + timeout
-    seen = ""
-    while time.time() < deadline:
-        chunk = proc.stderr.read(1)
-        if not chunk:
-            break
-        seen += chunk
-        done = re.findall(r"\| *(\d+)/\d+ \[", seen[-200:])
-        if done and int(done[-1]) >= at_least:
-            return seen
-    raise AssertionError(f"query phase never started: {seen[-2000:]}")
+    def measured(text: str) -> bool:
+        done = re.findall(r"\| *(\d+)/\d+ \[", text[-200:])
+        return bool(done) and int(done[-1]) >= at_least
+
+    return read_until(proc.stderr, measured, timeout)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_mid_run_ends_killed_with_partial_energy(client, sig, code):
     # Long enough to interrupt: 2,000 summaries one at a time with the tiny model.
-    proc = _tracker("--task", "summarization", "--n-samples", "2000", "--country", "FRA")
-    _wait_for_query_phase(proc, at_least=20)  # well inside the query phase: some energy to keep
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    with started(_tracker("--task", "summarization", "--n-samples", "2000", "--country", "FRA")) as proc:
+        _wait_for_query_phase(proc, at_least=20)  # well inside the query phase: some energy to keep
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     assert "logged as KILLED" in err
     [run] = all_runs(client)
@@ -53,9 +46,9 @@ def test_signal_mid_run_ends_killed_with_partial_energy(client, sig, code):
 
 def test_run_against_a_real_mlflow_server(hermetic):
     with mlflow_server(hermetic) as uri:
-        proc = _tracker("--task", "text-classification", "--n-samples", "16", "--country", "FRA",
-                        "--no-progress", env=subprocess_env(MLFLOW_TRACKING_URI=uri))
-        out, err = proc.communicate(timeout=180)
+        with started(_tracker("--task", "text-classification", "--n-samples", "16", "--country", "FRA",
+                              "--no-progress"), subprocess_env(MLFLOW_TRACKING_URI=uri)) as proc:
+            out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err[-2000:]
         from mlflow import MlflowClient
 
@@ -117,10 +110,12 @@ def test_mlflow_run_entry_point(client, hermetic):
 
 
 def test_two_runs_at_once_do_not_block_each_other(hermetic):
-    procs = [_tracker("--task", "text-classification", "--n-samples", "200", "--country", "FRA",
-                      "--no-progress", env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{hermetic}/db{i}.db"))
-             for i in range(2)]
-    for proc in procs:
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err[-2000:]
-        assert "Another instance of codecarbon" not in err
+    with contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(started(_tracker("--task", "text-classification", "--n-samples", "200",
+                                                      "--country", "FRA", "--no-progress"),
+                                             subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{hermetic}/db{i}.db")))
+                 for i in range(2)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=180)
+            assert proc.returncode == 0, err[-2000:]
+            assert "Another instance of codecarbon" not in err

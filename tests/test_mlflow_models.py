@@ -85,8 +85,8 @@ def test_a_pyfunc_model_runs_through_its_predict(cli, client):
     [run] = [r for r in all_runs(client) if r.data.tags.get("tracker.model.uri")]
     assert run.data.tags["tracker.model.flavor"] == "pyfunc"
     assert "pyfunc" in run.data.tags["tracker.model.kind_reason"]
-    # 40 keyword checks take a few milliseconds: a window too short to read (flagged), never a missing figure.
-    assert run.data.metrics["inferences_measured"] == 40 and run.data.metrics["energy_kwh"] >= 0
+    # 40 keyword checks take a few milliseconds: a short window (flagged), still charged its CPU time, never 0.
+    assert run.data.metrics["inferences_measured"] == 40 and run.data.metrics["energy_kwh"] > 0
     assert run.data.tags["tracker.measurement.short_window"] == "true"
     assert run.data.metrics["accuracy"] > 0.5  # the rules read the built-in reviews' words
     assert client.get_model_version("rules", "1").tags["tracker.quality_metric"] == "accuracy"

@@ -52,7 +52,7 @@ def test_local_model_and_local_data_load_like_any_other(cli, client, hermetic):
     assert tags["tracker.model.source"] == "local" and tags["tracker.dataset.source"] == "local"
     assert tags["tracker.quality.meaningful"] == "true"
     assert run.data.params["model"] == str(folder)
-    assert run.data.metrics["accuracy"] >= 0
+    assert 0 <= run.data.metrics["accuracy"] <= 1  # a score, not NaN (a tiny model: its value means nothing)
 
 
 def test_real_pretrained_weights_load_from_a_package():

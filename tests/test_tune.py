@@ -12,7 +12,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import all_runs, mlflow_server, subprocess_env
+from conftest import all_runs, mlflow_server, started, subprocess_env
 
 from tracker.errors import ConfigError
 from tracker.measurement.pareto import pareto_front
@@ -204,10 +204,8 @@ def test_structured_search_shares_model_loads_and_searches_the_knobs_asked_for(c
     assert "carbon_reduction_x" in out
 
 
-def _tune_process(storage, *extra, env=None):
-    return subprocess.Popen([sys.executable, "-m", "tracker", "tune", *BASE, "--storage", storage, *extra],
-                            env=env or subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+def _tune_command(storage, *extra):
+    return [sys.executable, "-m", "tracker", "tune", *BASE, "--storage", storage, *extra]
 
 
 def _wait_for_running_trial(storage, deadline_s=120):
@@ -252,9 +250,9 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
     # One setting (batch 1, fp32) long enough to be killed mid-measurement: 3 windows of 200 tiny summaries.
     settings = ("--task", "summarization", "--n-samples", "200", "--n-trials", "3", "--max-batch-size", "1",
                 "--precisions", "fp32", "--heartbeat-s", "1", "--study-name", "resumable")
-    worker = _tune_process(storage, *settings, env=subprocess_env(TRACKER_HEARTBEAT_S="0.5"))
-    again = None
-    try:
+    with contextlib.ExitStack() as stack:  # whatever fails, no worker or child of this test outlives it
+        worker = stack.enter_context(started(_tune_command(storage, *settings),
+                                             subprocess_env(TRACKER_HEARTBEAT_S="0.5"), stdout=subprocess.DEVNULL))
         killed = _wait_for_running_trial(storage, deadline_s=300)
         orphan = _wait_for_trial_run(client, killed.number)
         os.kill(worker.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
@@ -266,14 +264,8 @@ def test_a_killed_worker_is_resumed_and_its_trial_retried(client, hermetic):
         grace_left = 4 - (time.monotonic() - killed_at)
         if grace_left > 0:
             time.sleep(grace_left)
-
-        again = _tune_process(storage, *settings)
+        again = stack.enter_context(started(_tune_command(storage, *settings)))
         out, err = again.communicate(timeout=600)
-    finally:  # whatever failed, no worker or child of this test outlives it
-        for process in (worker, again):
-            if process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
     assert again.returncode == 0, err[-3000:]
     study = _optuna_trials(storage, "resumable")
     states = {t.number: t.state.name for t in study.trials}
@@ -312,8 +304,9 @@ def test_two_workers_share_one_study_on_postgresql(hermetic):
         env = subprocess_env(MLFLOW_TRACKING_URI=uri)
         settings = ("--n-trials", "6", "--max-batch-size", "8", "--precisions", "fp32,int8",
                     "--study-name", name)
-        workers = [_tune_process(url, *settings, env=env) for _ in range(2)]
-        outputs = [w.communicate(timeout=500) for w in workers]
+        with contextlib.ExitStack() as stack:  # whatever fails, no worker outlives the test
+            workers = [stack.enter_context(started(_tune_command(url, *settings), env)) for _ in range(2)]
+            outputs = [w.communicate(timeout=500) for w in workers]
         for worker, (out, err) in zip(workers, outputs):
             assert worker.returncode == 0, err[-3000:]
         study = optuna.load_study(study_name=name, storage=url)
