@@ -88,11 +88,18 @@ def test_mlflow_run_entry_point(client, hermetic):
     env = subprocess_env()
     base = [sys.executable, "-m", "mlflow", "run", str(REPO), "--env-manager", "local",
             "-P", "task=text-classification", "-P", "n_samples=16", "-P", "country=FRA"]
-    done = subprocess.run(base, env=env, capture_output=True, text=True, timeout=300, cwd=hermetic)
+    # A dataset of the user's, its columns named by parameters MLproject lacked before
+    reviews = hermetic / "reviews.csv"
+    reviews.write_text("body,verdict\n" + "".join(f"a {w} film,{i % 2}\n" for i, w in enumerate(["fine", "dull"] * 8)))
+    columns = ["-P", f"dataset={reviews}", "-P", "text_column=body", "-P", "target_column=verdict",
+               "-P", "tracking_mode=machine", "-P", "progress=false"]
+    done = subprocess.run(base + columns, env=env, capture_output=True, text=True, timeout=300, cwd=hermetic)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = all_runs(client)
     launcher = next(r for r in runs if "tracker.measured_run_id" in r.data.tags)
     measured = client.get_run(launcher.data.tags["tracker.measured_run_id"])
+    assert measured.data.tags["tracker.dataset.source"] == "local" and measured.data.params["dataset"].endswith("reviews.csv")
+    assert measured.data.metrics["inferences_measured"] == 16
     assert client.get_experiment(measured.info.experiment_id).name == "text-classification"
     assert measured.info.status == "FINISHED" and launcher.info.status == "FINISHED"
     assert measured.data.tags["tracker.launcher_run_id"] == launcher.info.run_id
