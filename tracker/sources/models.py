@@ -12,13 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from tracker.errors import ModelLoadError
-from tracker.loading.builtin import (
-    BUILTIN_MODEL,
-    build_once,
-    builtin_dataset_file,
-    read_rows,
-    save_tiny_language_model,
-)
+from tracker.loading.builtin import BUILTIN_MODEL, build_once, builtin_dataset_file, read_rows, save_tiny_language_model
 from tracker.sources.mlflow_models import MlflowModel, resolve_model_uri
 from tracker.sources.reference import ModelReference, check_model_location
 from tracker.tasks.base import Task, texts_of

@@ -9,16 +9,8 @@ from typing import Any
 from tracker.loading.builtin import train_tokenizer
 from tracker.loading.remote_code import pretrained
 from tracker.tasks import quality
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    decode_generated,
-    input_dtype,
-    texts_of,
-)
+from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, decode_generated,
+                                input_dtype, texts_of)
 from tracker.tasks.media import load_image, write_scenes
 from tracker.tasks.registry import register
 
@@ -79,14 +71,8 @@ class ImageToText(Task):
         return f"image {value.width}x{value.height}"
 
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
-        from transformers import (
-            GPT2Config,
-            GPT2LMHeadModel,
-            VisionEncoderDecoderModel,
-            ViTConfig,
-            ViTImageProcessor,
-            ViTModel,
-        )
+        from transformers import (GPT2Config, GPT2LMHeadModel, VisionEncoderDecoderModel, ViTConfig, ViTImageProcessor,
+                                  ViTModel)
 
         tokenizer = train_tokenizer(texts_of(rows), "bart")
         encoder = ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,

@@ -70,13 +70,8 @@ class SpeechRecognition(Task):
     def build_tiny_model(self, folder: Path, rows: list[dict[str, Any]]) -> None:
         import json
 
-        from transformers import (
-            Wav2Vec2Config,
-            Wav2Vec2CTCTokenizer,
-            Wav2Vec2FeatureExtractor,
-            Wav2Vec2ForCTC,
-            Wav2Vec2Processor,
-        )
+        from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
+                                  Wav2Vec2Processor)
 
         # A character vocabulary, as wav2vec2-base-960h has ("|" separates words).
         letters = sorted({c for row in rows for c in row["text"].upper() if c.isalpha() or c == "'"})

@@ -9,15 +9,8 @@ from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
 from tracker.tasks import quality
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    decode_generated,
-    texts_of,
-)
+from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, decode_generated,
+                                texts_of)
 from tracker.tasks.registry import register
 
 

@@ -8,16 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from tracker.loading.builtin import train_tokenizer
-from tracker.tasks.base import (
-    BatchOutput,
-    DatasetSpec,
-    GenerationSettings,
-    LoadedModel,
-    Task,
-    decode_generated,
-    pad_on_the_left,
-    texts_of,
-)
+from tracker.tasks.base import (BatchOutput, DatasetSpec, GenerationSettings, LoadedModel, Task, decode_generated,
+                                pad_on_the_left, texts_of)
 from tracker.tasks.prose import paragraph
 from tracker.tasks.registry import register
 

@@ -13,15 +13,8 @@ from tracker.errors import RunInterrupted, TrackerError
 from tracker.execution.child import SharedLoadChild, measure_in_child
 from tracker.recording.signals import interrupts_raise
 from tracker.runs.config import RunConfig
-from tracker.tuning.baseline import (
-    MIN_WINDOWS,
-    OBJECTIVE_METRIC,
-    baseline_config,
-    baseline_failed,
-    carbon_spread,
-    record_baseline,
-    wait_for_baseline,
-)
+from tracker.tuning.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
+                                     record_baseline, wait_for_baseline)
 from tracker.tuning.config import TuneConfig, feasibility
 from tracker.tuning.results import describe, summarize
 from tracker.tuning.storage import create_or_load, open_storage, safe_url, single_sqlite_worker
