@@ -199,10 +199,19 @@ def server_lost(bench: Bench) -> bool:
         server.wait()
 
 
-def interrupted(signals: tuple[signal.Signals, ...], status: str) -> Callable[[Bench], bool]:
+def interrupted(signals: tuple[signal.Signals, ...], status: str, *,
+                default_heartbeat: bool = False) -> Callable[[Bench], bool]:
+    """A run hit mid-measurement. With ``default_heartbeat``, at the heartbeat period users have (30 s,
+    not the 0.5 s that makes the other faults quick): a run long enough to be measuring after it."""
+    name = "signal_" + "_".join(s.name for s in signals) + ("_default_heartbeat" if default_heartbeat else "")
+
     def fault(bench: Bench) -> bool:
-        env = bench.env("signal_" + "_".join(s.name for s in signals))
-        process = bench.start(env, [sys.executable, "-m", "tracker", *LONG_RUN])
+        env = bench.env(name)
+        command = LONG_RUN
+        if default_heartbeat:
+            env.pop("TRACKER_HEARTBEAT_S")
+            command = [*LONG_RUN, "--repeats", "100"]  # far longer than one heartbeat
+        process = bench.start(env, [sys.executable, "-m", "tracker", *command])
         run = bench.measuring(env, process)
         for sig in signals:
             os.kill(process.pid, sig)
@@ -212,7 +221,7 @@ def interrupted(signals: tuple[signal.Signals, ...], status: str) -> Callable[[B
         after = bench.client(env).get_run(run.info.run_id)
         expected_code = -signal.SIGKILL if signals == (signal.SIGKILL,) else 128 + signals[0]
         return code == expected_code and after.info.status == status and bench.kept_energy(after)
-    fault.__name__ = "signal_" + "_".join(s.name for s in signals)
+    fault.__name__ = name
     return fault
 
 
@@ -352,7 +361,9 @@ NOT_TRIED = None  # what a fault returns where this machine cannot produce it: n
 FAULTS: list[Callable[[Bench], bool | None]] = [
     custom_code, fresh_store_eight, server_lost,
     interrupted((signal.SIGKILL,), "FAILED"), interrupted((signal.SIGINT,), "KILLED"),
-    interrupted((signal.SIGINT, signal.SIGINT), "KILLED"), mlflow_run_ctrl_c, tune_sigterm, failed_baseline,
+    interrupted((signal.SIGINT, signal.SIGINT), "KILLED"),
+    interrupted((signal.SIGKILL,), "FAILED", default_heartbeat=True),
+    interrupted((signal.SIGINT,), "KILLED", default_heartbeat=True), mlflow_run_ctrl_c, tune_sigterm, failed_baseline,
     bad_input("intensity_inf", ["run", "--task", "text-classification", "--model", "builtin-tiny", "--n-samples",
                                 "2", "--carbon-intensity", "inf", *RUN], 2, "--carbon-intensity"),
     bad_input("import_negative", ["import-codecarbon", "{dir}/emissions.csv", "--task", "text-classification",
