@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Iterable
@@ -52,9 +53,14 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def kind_of(cls: type, field: dataclasses.Field) -> str:
     """How a field's raw value is read: int, float, bool, list or str."""
-    hint = typing.get_type_hints(cls)[field.name]
+    hint = _hints(cls)[field.name]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: read as X
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     base = typing.get_origin(hint) or hint
