@@ -18,6 +18,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A shell starts background jobs (`pytest &`, nohup) with SIGINT ignored, and children inherit an
+# ignored signal: the tests' Ctrl-C would never land. A handler here is reset to the default in
+# every child this process starts.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 @pytest.fixture(scope="session")
 def builtin_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
