@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from conftest import REPO, all_runs, mlflow_server, subprocess_env
+from conftest import REPO, all_runs, mlflow_server, started, subprocess_env
 
 
 @pytest.fixture
@@ -35,9 +37,17 @@ def ray_cluster(hermetic, monkeypatch):
         cluster.shutdown()
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell has: without the variable that keeps the test's own Ray on
+    loopback (the driver must keep a loopback --address on loopback by itself)."""
+    env = subprocess_env(**extra)
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    return env
+
+
 def _study(definition: Path | str, uri: str, address: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
-                           "--address", address, *extra], env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+                           "--address", address, *extra], env=user_env(MLFLOW_TRACKING_URI=uri),
                           capture_output=True, text=True, timeout=900)
 
 
@@ -70,7 +80,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
         # A store on this machine is refused before any run: the second node could not reach it.
         refused = subprocess.run([sys.executable, "-m", "tracker", "study", str(REPO / "experiments/smoke.yaml"),
                                   "--executor", "ray", "--address", cluster.address],
-                                 env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/local.db"),
+                                 env=user_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/local.db"),
                                  capture_output=True, text=True, timeout=300)
         assert refused.returncode == 2 and "every node reaches" in refused.stderr.strip().splitlines()[-1]
 
@@ -104,7 +114,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
                               "params: {n_samples: 200, batch_size: 1, warmup: 0, country: FRA}\n"
                               "models: [builtin-tiny, {model: builtin-tiny, seed: 1}]\n")
         stopped = subprocess.Popen([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
-                                    "--address", cluster.address], env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+                                    "--address", cluster.address], env=user_env(MLFLOW_TRACKING_URI=uri),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             _wait_for_measuring(client, stopped, lambda r: True, count=2)
@@ -122,7 +132,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
         # Resumed, with a node stopped mid-study: its run is closed, not left RUNNING, and its
         # combination measured elsewhere.
         study = subprocess.Popen([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
-                                  "--address", cluster.address], env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+                                  "--address", cluster.address], env=user_env(MLFLOW_TRACKING_URI=uri),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             hit = _wait_for_measuring(client, study, lambda r: r.data.tags.get("tracker.executor.node") == second.node_id)
@@ -158,7 +168,7 @@ def test_two_tune_workers_on_the_cluster_share_one_study(ray_cluster, hermetic):
              "--dataset", "builtin", "--n-samples", "16", "--country", "FRA", "--warmup", "0", "--min-window-s", "0",
              "--n-trials", "6", "--max-batch-size", "8", "--precisions", "fp32,int8", "--study-name", name,
              "--storage", url, "--workers", "2", "--executor", "ray", "--address", cluster.address],
-            env=subprocess_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=900)
+            env=user_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=900)
         assert tune.returncode == 0, tune.stderr[-3000:]
         assert "carbon_reduction_x" in tune.stdout  # the summary of the worker that ended last
         started = [line for line in tune.stderr.splitlines() if "tune worker" in line and "started on node" in line]
@@ -181,6 +191,65 @@ def test_executor_flags_are_checked_in_one_line_before_any_run(cli, client, flag
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
     assert message in line
+    assert all_runs(client) == []
+
+
+class NotRay:
+    """A loopback port that accepts connections and answers nothing Ray understands, as a wrong port
+    or a head whose services are not up: ``connections`` counts who came, ``connected`` fires once
+    Ray itself (after the driver's reachability check) has come."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections, self.connected = 0, threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.held.append(client)
+            self.connections += 1
+            if self.connections >= 2:
+                self.connected.set()
+
+    def close(self) -> None:
+        for client in [*self.held, self.server]:
+            client.close()
+
+
+@pytest.fixture
+def not_ray():
+    pytest.importorskip("ray")
+    server = NotRay()
+    yield server
+    server.close()
+
+
+def test_a_head_that_answers_but_is_not_ray_is_refused_in_one_line(not_ray, hermetic):
+    """Ray alone retries such a head for minutes; the driver gives it CONNECT_S and says what to do."""
+    done = subprocess.run([sys.executable, "-m", "tracker", "study", str(REPO / "experiments/smoke.yaml"),
+                           "--executor", "ray", "--address", not_ray.address], env=user_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.strip()]  # Ray's retry lines kept out
+    assert line.startswith("tracker: error: the Ray cluster at") and "did not connect" in line
+    assert "--node-ip-address 127.0.0.1" in line and not_ray.connections >= 2
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_connecting_ends_the_command_at_once(not_ray, hermetic, client, sig, code):
+    command = [sys.executable, "-m", "tracker", "study", str(REPO / "experiments/smoke.yaml"), "--executor", "ray",
+               "--address", not_ray.address]
+    with started(command, user_env()) as driver:
+        assert not_ray.connected.wait(120), "Ray never tried to connect"
+        driver.send_signal(sig)
+        _, err = driver.communicate(timeout=15)  # at once, not after Ray's retries
+    assert driver.returncode == code, err[-3000:]
     assert all_runs(client) == []
 
 

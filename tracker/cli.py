@@ -191,8 +191,8 @@ def _study(args: argparse.Namespace) -> int:
         outcomes = run_study(definition, force=force, executor=placement.executor, address=placement.address,
                              per_node=placement.per_node)
     except KeyboardInterrupt:  # the runs measuring were ended KILLED, with their energy, before this
-        print(f"tracker: study {definition.name} interrupted by SIGINT; the runs it was measuring ended KILLED with "
-              "their energy so far, and the same command resumes it (FINISHED combinations are skipped)",
+        print(f"tracker: study {definition.name} interrupted by SIGINT; any run it was measuring ended KILLED with "
+              "its energy so far, and the same command resumes it (FINISHED combinations are skipped)",
               file=sys.stderr)
         return 128 + signal.SIGINT
     print(f"study {definition.name}: {len(outcomes)} combinations")

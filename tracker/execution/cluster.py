@@ -17,7 +17,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,6 +29,7 @@ from tracker.errors import ConfigError
 
 T = TypeVar("T")
 CLOSE_S = 120  # for a cancelled task's child to close what it measures
+CONNECT_S = 10.0  # for Ray to connect to a head that answers
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Stores every node reaches by their address; anything else (sqlite, a folder) lives on this machine.
@@ -35,7 +38,17 @@ SHARED_STORES = ("http://", "https://", "postgresql", "mysql", "mssql", "databri
 
 def connect(address: str | None) -> Any:
     """Ray, connected to the cluster at ``address`` (else RAY_ADDRESS, else the one `ray start
-    --head` started on this machine)."""
+    --head` started on this machine), within CONNECT_S; a signal meanwhile ends the command at once.
+
+    A loopback address stays on loopback: Ray otherwise swaps 127.0.0.1 for this machine's
+    interface address and retries a head that is not there for minutes. Ray connects in a thread
+    while this one waits in Python, where SIGINT and SIGTERM land (Ray's wait is in C++, and from
+    the main thread it would also take SIGTERM over); its retry warnings are kept off the terminal.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    host = _host(address)
+    if host in LOOPBACK:  # read by Ray when it is imported
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
@@ -43,23 +56,83 @@ def connect(address: str | None) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing is sent anywhere on the user's behalf
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or "auto"
+    if host in LOOPBACK and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        from ray._private import ray_constants  # imported before the variable was set (a notebook)
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     if address != "auto":
         _check_reachable(address)
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 configure_logging=False)
-    except ConnectionError as err:
-        raise ConfigError(f"no Ray cluster found ({str(err).splitlines()[0]}); start one with `ray start --head` "
-                          "and pass its address with --address HOST:PORT") from None
+    _stop_on_sigterm()
+    outcome: dict[str, BaseException | None] = {}
+
+    def init() -> None:
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=False)
+            outcome["error"] = None
+        except BaseException as err:
+            outcome["error"] = err
+
+    with _QuietRay() as quiet:
+        thread = threading.Thread(target=init, name="tracker-ray-connect", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + CONNECT_S
+        while "error" not in outcome and time.monotonic() < deadline:
+            thread.join(0.2)
+        if "error" not in outcome:
+            quiet.for_good()  # Ray goes on retrying in its thread until this process exits
+    if "error" not in outcome:
+        raise ConfigError(f"the Ray cluster at {address} answers but Ray did not connect in {CONNECT_S:.0f} s: start "
+                          "the head with `ray start --head` and pass the address it prints; on one machine, start "
+                          "every node with --node-ip-address 127.0.0.1 and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
+    if isinstance(outcome["error"], ConnectionError):
+        raise ConfigError(f"no Ray cluster found ({str(outcome['error']).splitlines()[0]}); start one with "
+                          "`ray start --head` and pass its address with --address HOST:PORT") from None
+    if outcome["error"] is not None:
+        raise outcome["error"]
     return ray
+
+
+def _host(address: str) -> str:
+    return address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM as an exception that unwinds (runs being measured are stopped on the way), with the
+    shell's exit status for it; in the main thread only, where Python handles signals."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+class _QuietRay:
+    """Ray's Python warnings, and its C++ core's lines on stderr, kept off the terminal while it
+    connects; ``for_good``: also after, where Ray goes on retrying (our own lines still get out)."""
+
+    def __enter__(self) -> _QuietRay:
+        self.logger = logging.getLogger("ray")
+        self.level, self.logger.level = self.logger.level, logging.CRITICAL
+        self.saved, self.kept = os.dup(2), False
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        return self
+
+    def for_good(self) -> None:
+        sys.stderr.flush()
+        sys.stderr = os.fdopen(os.dup(self.saved), "w", buffering=1)
+        self.kept = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.kept:
+            os.dup2(self.saved, 2)
+            self.logger.setLevel(self.level)
+        os.close(self.saved)
 
 
 def _check_reachable(address: str) -> None:
     """A wrong address is answered at once: Ray itself retries one for minutes."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=5):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
             pass
     except (OSError, ValueError) as err:
         raise ConfigError(f"no Ray cluster answers at --address {address} ({err}); start one with "
