@@ -111,3 +111,34 @@ def test_tasks_lists_defaults(cli):
     assert code == 0
     assert "summarization" in out and "sshleifer/distilbart-cnn-12-6" in out
     assert "text-classification" in out and "imdb" in out
+
+
+def test_a_dataset_another_run_creates_at_the_same_moment_is_linked_not_fatal(client, monkeypatch):
+    """MLflow creates a dataset's row on first use without a lock: of two runs logging it at once,
+    one is refused by the store's UNIQUE constraint (seen on a two-node study). Here the other run
+    wins the race just before this one writes: its call is refused once, and linked on the next."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from tracker.recording.lifecycle import RunDataset, recorded_run
+
+    dataset = RunDataset(name="reviews", digest="d1g3st00", source_type="local", source='{"uri": "reviews.csv"}')
+    real, refused = MlflowClient.log_inputs, []
+
+    def racing(self, run_id, datasets=None, models=None):
+        if not refused:  # the other run's row lands between this one's look-up and its insert
+            refused.append(run_id)
+            with recorded_run(experiment="race", run_name="the other run", tags={}) as other:
+                other.log_inputs(datasets=[dataset])
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return real(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    with recorded_run(experiment="race", run_name="this run", tags={}) as recorder:
+        recorder.log_inputs(datasets=[dataset])
+    runs = {r.info.run_name: r for r in all_runs(client)}
+    assert refused == [runs["this run"].info.run_id]
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert [(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs] == [("reviews", "d1g3st00")]

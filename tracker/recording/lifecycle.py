@@ -267,12 +267,28 @@ def _apply(client: Any, run_id: str, call: dict[str, Any]) -> None:
         datasets = [DatasetInput(Dataset(name=d["name"], digest=d["digest"], source_type=d["source_type"],
                                          source=d["source"], schema=d["schema"], profile=d["profile"]),
                                  tags=[InputTag("mlflow.data.context", d["context"])]) for d in call["datasets"]]
-        client.log_inputs(run_id, datasets=datasets or None,
-                          models=[LoggedModelInput(m) for m in call["model_ids"]] or None)
+        _log_inputs(client, run_id, datasets=datasets or None,
+                    models=[LoggedModelInput(m) for m in call["model_ids"]] or None)
     elif call["op"] == "end":
         _end(client, run_id, call["status"], call["tags"], call.get("end_ms"))
     else:
         raise ValueError(f"unknown call {call['op']!r}")
+
+
+def _log_inputs(client: Any, run_id: str, **inputs: Any) -> None:
+    """MLflow creates a dataset's row on its first use without a lock: two runs that log the same
+    dataset into one experiment at once (a study's runs on two Ray nodes) may both try, and the
+    store refuses the second (a UNIQUE constraint; all of that call is rolled back). The row exists
+    then, so the same call once more links it (seen: 1 of 4 smoke runs FAILED on a two-node study)."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            return client.log_inputs(run_id, **inputs)
+        except MlflowException as err:
+            text = str(err).lower()
+            if attempt == 2 or not ("unique constraint" in text or "duplicate key" in text):
+                raise
 
 
 # A measuring run tags its host and process, and beats every HEARTBEAT_S with the energy so far;
