@@ -46,7 +46,7 @@ def connect(address: str | None) -> Any:
     the main thread it would also take SIGTERM over); its retry warnings are kept off the terminal.
     """
     address = address or os.environ.get("RAY_ADDRESS") or "auto"
-    host = _host(address)
+    host = _host_and_port(address)[0]
     if host in LOOPBACK:  # read by Ray when it is imported
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
@@ -92,8 +92,10 @@ def connect(address: str | None) -> Any:
     return ray
 
 
-def _host(address: str) -> str:
-    return address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+def _host_and_port(address: str) -> tuple[str, str]:
+    """HOST:PORT (or ray://HOST:PORT, [::1]:PORT) split; the port as written."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host.strip("[]"), port
 
 
 def _stop_on_sigterm() -> None:
@@ -130,9 +132,9 @@ class _QuietRay:
 
 def _check_reachable(address: str) -> None:
     """A wrong address is answered at once: Ray itself retries one for minutes."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, port = _host_and_port(address)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+        with socket.create_connection((host, int(port)), timeout=5):
             pass
     except (OSError, ValueError) as err:
         raise ConfigError(f"no Ray cluster answers at --address {address} ({err}); start one with "
