@@ -100,7 +100,7 @@ def main() -> None:
     from tracker.annotate import AnnotateConfig, annotate
     from tracker.import_codecarbon import ImportConfig, import_records
     from tracker.import_codecarbon.kinds import parse_rules
-    from tracker.recording.lifecycle import check_tracking_server
+    from tracker.recording.store import check_tracking_server
     from tracker.reporting import ReportConfig, build_report
 
     files = write_records(workdir / "records", args.records)

@@ -225,7 +225,7 @@ def test_the_examples_run_as_a_new_user_runs_them(example, client, tmp_path):
 def test_mlflow_telemetry_is_off_while_measuring_unless_asked_for(monkeypatch):
     import os
 
-    from tracker.recording.lifecycle import quiet_mlflow_telemetry
+    from tracker.recording.store import quiet_mlflow_telemetry
 
     monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
     quiet_mlflow_telemetry()

@@ -27,7 +27,8 @@ class EvilModel(DistilBertForSequenceClassification):
 
 
 def summarizing(n_samples: int = 1000) -> list[str]:
-    """A run long enough to be hit mid-measurement: tiny summaries, one at a time."""
+    """A run long enough to be hit mid-measurement: tiny summaries, one at a time (about 0.2 s each
+    here). A test that lets the run go on after its fault asks for fewer: it waits for all of them."""
     return [sys.executable, "-m", "tracker", "run", "--task", "summarization", "--model", "builtin-tiny",
             "--dataset", "builtin", "--n-samples", str(n_samples), "--no-progress", "--country", "FRA"]
 
@@ -338,7 +339,7 @@ def test_a_lost_tracking_server_spools_the_run_and_sync_uploads_it(hermetic):
     client = MlflowClient(uri)
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
     try:
-        with started(summarizing(600), env) as process:
+        with started(summarizing(150), env) as process:
             run_id = _wait_for_heartbeat(client, process).info.run_id  # measuring, its heartbeat reaching the server
             server.stop(signal.SIGKILL)  # the server goes away mid-run
             _, err = process.communicate(timeout=600)
@@ -404,7 +405,7 @@ def _fill(folder: Path) -> Path:
 
 
 def test_a_full_store_is_refused_in_one_line_within_seconds(cli, small_filesystem, monkeypatch):
-    from tracker.recording.lifecycle import prepare_sqlite_store
+    from tracker.recording.store import prepare_sqlite_store
 
     uri = f"sqlite:///{small_filesystem}/mlflow.db"
     prepare_sqlite_store(uri)  # a store that worked, then its disk filled
@@ -420,7 +421,7 @@ def test_a_full_store_is_refused_in_one_line_within_seconds(cli, small_filesyste
 
 
 def test_a_read_only_store_is_refused_in_one_line(cli, hermetic, monkeypatch):
-    from tracker.recording.lifecycle import prepare_sqlite_store
+    from tracker.recording.store import prepare_sqlite_store
 
     database = hermetic / "store" / "mlflow.db"
     prepare_sqlite_store(f"sqlite:///{database}")
@@ -446,7 +447,7 @@ def test_a_store_that_fills_mid_run_spools_the_run_and_sync_uploads_it(hermetic,
     uri = f"sqlite:///{small_filesystem}/mlflow.db"
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, TRACKER_HEARTBEAT_S="0.5")
     client = MlflowClient(uri)
-    with started(summarizing(600), env) as process:
+    with started(summarizing(150), env) as process:
         run_id = _wait_for_heartbeat(client, process).info.run_id  # measuring, its heartbeat reaching the store
         filler = _fill(small_filesystem)  # the disk fills mid-run
         _, err = process.communicate(timeout=600)

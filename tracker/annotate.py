@@ -117,7 +117,8 @@ def annotate(config: AnnotateConfig) -> AnnotateResult:
     """Attach the tables' quality and parameter counts to the FINISHED runs of the experiments."""
     from mlflow import MlflowClient
 
-    from tracker.recording.lifecycle import check_tracking_server, finished_runs, update_runs
+    from tracker.recording.lifecycle import finished_runs, update_runs
+    from tracker.recording.store import check_tracking_server
     from tracker.reporting.collect import default_experiments, live_experiment
 
     aliases = dict(config.aliases)

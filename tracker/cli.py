@@ -184,7 +184,7 @@ def _study(args: argparse.Namespace) -> int:
             print(combination.label)
         print(f"{len(definition.combinations)} runs in experiment '{definition.combinations[0].config.experiment_name}'")
         return 0
-    from tracker.recording.lifecycle import check_tracking_server
+    from tracker.recording.store import check_tracking_server
 
     check_tracking_server()
     try:
@@ -234,7 +234,7 @@ def _tune(args: dict) -> int:
 
 
 def _tune_on_ray(argv: list[str], placement: Placement, storage: str) -> int:
-    from tracker.recording.lifecycle import check_tracking_server
+    from tracker.recording.store import check_tracking_server
     from tracker.tuning.on_ray import run_workers
 
     code, output = run_workers(_without_flags(argv, [f.name for f in options_of(Placement)]),

@@ -107,7 +107,8 @@ def import_records(config: ImportConfig) -> ImportSummary:
     datasets = {path: config.dataset_of(path) for path in dict.fromkeys(p for p, _ in records.complete)}
     from mlflow import MlflowClient
 
-    from tracker.recording.lifecycle import check_tracking_server, experiment_id, finished_runs, write_finished_runs
+    from tracker.recording.lifecycle import experiment_id, finished_runs, write_finished_runs
+    from tracker.recording.store import check_tracking_server
 
     check_tracking_server()
     client = MlflowClient()

@@ -18,146 +18,22 @@ import logging
 import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracker.errors import RunInterrupted, TrackingServerError, TrackingServerLost
+from tracker.errors import RunInterrupted, TrackingServerLost
 from tracker.recording import spool
 from tracker.recording.signals import defer_interrupts
+from tracker.recording.store import check_tracking_server, store_unwritable, unreachable
 
 logger = logging.getLogger(__name__)
 
 PROVENANCE_FROM_LAUNCHER = ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
                             "mlflow.gitRepoURL", "mlflow.project.entryPoint", "mlflow.project.env",
                             "mlflow.user")
-
-
-def check_tracking_server(timeout_s: float = 5.0) -> str:
-    """The tracking URI, after checking that a SQLite store takes writes or a server answers; says
-    when runs spooled for this store wait for `tracker sync`."""
-    import mlflow
-
-    quiet_mlflow_telemetry()
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        prepare_sqlite_store(uri)
-    if uri.startswith(("http://", "https://")):
-        reason = unreachable(uri, timeout_s)
-        if reason:
-            raise TrackingServerError(
-                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it "
-                f"(mlflow server --host 127.0.0.1 --port 5000) or unset MLFLOW_TRACKING_URI to use "
-                f"the local store")
-        # MLflow retries a lost server for minutes by default: a few seconds, then the spool takes over.
-        for name, value in BOUNDED_RETRIES.items():
-            os.environ.setdefault(name, value)
-    waiting = spool.pending(uri)
-    if waiting:
-        logger.warning("%d run(s) measured while this tracking store took no writes wait in %s: run `tracker sync`",
-                       len(waiting), spool.spool_dir())
-    return uri
-
-
-def quiet_mlflow_telemetry() -> None:
-    """Stop MLflow's telemetry thread before measuring, unless MLFLOW_DISABLE_TELEMETRY=false: it
-    wakes through every window (all-MiniLM-L6-v2, 300 pairs: 9.9 to 10.9 s with it, 8.3 to 10.0 s
-    without, three interleaved pairs). ``import tracker`` sets the variable before MLflow starts it;
-    this also stops one started earlier, as in a notebook that imported mlflow first."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if os.environ["MLFLOW_DISABLE_TELEMETRY"].lower() != "true":
-        return
-    from mlflow.telemetry import get_telemetry_client, set_telemetry_client
-
-    running = get_telemetry_client()
-    if running is not None:
-        running.flush(terminate=True)
-        set_telemetry_client()  # disabled: sets it to None
-
-
-BOUNDED_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-
-
-def unreachable(uri: str, timeout_s: float = 3.0) -> str | None:
-    """Why a remote tracking server does not answer, or None when it does."""
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return None  # it answered: reachable, whatever it thinks of /health
-    except (urllib.error.URLError, OSError) as err:
-        return str(getattr(err, "reason", err))
-    return None
-
-
-def prepare_sqlite_store(uri: str) -> None:
-    """Open a SQLite store once under a lock on ``<file>.lock``, so that of several processes
-    starting on a new (or older) store one creates or migrates its schema and the others wait for
-    it, instead of racing through MLflow's migrations and leaving the store broken for good."""
-    import fcntl
-
-    from mlflow.tracking._model_registry.utils import _get_store as registry_store
-    from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
-
-    database = Path(uri.removeprefix("sqlite:///")).expanduser()
-    database.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        handle = open(database.with_name(database.name + ".lock"), "a")
-    except OSError:  # a read-only folder: nothing can be migrated there, opening tells why
-        handle = None
-    try:
-        if handle is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        tracking_store(uri)  # creates or migrates the schema, once, while the others wait
-        registry_store(uri)
-    except Exception as err:
-        problem = store_unwritable(err)
-        if not problem:
-            raise
-    else:
-        problem = _write_probe(database)  # an existing store opens read-only without a word
-    finally:
-        if handle is not None:
-            handle.close()  # releases the lock
-    if problem:
-        raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}")
-
-
-STORE_REMEDY = "make it writable, free some space, or point MLFLOW_TRACKING_URI at another store"
-_UNWRITABLE = ("readonly database", "read-only file system", "disk is full", "no space left on device",
-               "unable to open database file", "disk i/o error", "permission denied")
-
-
-def store_unwritable(err: BaseException) -> str | None:
-    """The reason a store refused a write (read-only, full, gone), or None for other failures."""
-    text = str(err)
-    for line in text.splitlines():
-        if any(marker in line.lower() for marker in _UNWRITABLE):
-            return line.strip().removeprefix("(sqlite3.OperationalError) ")
-    return None
-
-
-def _write_probe(database: Path) -> str | None:
-    """Why a SQLite file takes no write, found in milliseconds by a write that is rolled back."""
-    import sqlite3
-
-    try:
-        connection = sqlite3.connect(database, timeout=5)
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.execute("CREATE TABLE tracker_write_probe (x INTEGER)")
-            connection.execute("ROLLBACK")
-        finally:
-            connection.close()
-    except sqlite3.OperationalError as err:
-        if "locked" in str(err):
-            return None  # another process writes: the store is writable, MLflow will wait its turn
-        return str(err)
-    return None
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ def _check_output(folder: Path) -> None:
 def build_report(config: ReportConfig) -> ReportResult:
     from mlflow import MlflowClient
 
-    from tracker.recording.lifecycle import check_tracking_server, recorded_run
+    from tracker.recording.lifecycle import recorded_run
+    from tracker.recording.store import check_tracking_server
     from tracker.reporting.collect import default_experiments, read_runs
 
     countries = tables.check_countries(list(config.countries))

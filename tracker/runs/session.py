@@ -23,7 +23,8 @@ from tracker.loading.remote_code import remote_code
 from tracker.measurement.carbon import resolve_location
 from tracker.measurement.meter import EnergyMeter
 from tracker.measurement.outcome import RunOutcome
-from tracker.recording.lifecycle import Heartbeat, RunDataset, RunRecorder, check_tracking_server, recorded_run
+from tracker.recording.lifecycle import Heartbeat, RunDataset, RunRecorder, recorded_run
+from tracker.recording.store import check_tracking_server
 from tracker.recording.metrics import run_metrics
 from tracker.recording.provenance import log_records, outcome_tags, version_tags
 from tracker.recording.signals import interrupts_raise

@@ -252,7 +252,8 @@ def _measured(*, task: str, model: str, dataset: str | None, experiment: str | N
     from tracker.loading.device import resolve_device
     from tracker.measurement.carbon import resolve_location
     from tracker.measurement.meter import EnergyMeter
-    from tracker.recording.lifecycle import RunDataset, check_tracking_server, recorded_run
+    from tracker.recording.lifecycle import RunDataset, recorded_run
+    from tracker.recording.store import check_tracking_server
     from tracker.recording.provenance import version_tags
 
     check_tracking_server()

@@ -36,7 +36,8 @@ def tune(config: TuneConfig) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from tracker.loading.device import resolve_device
-    from tracker.recording.lifecycle import check_tracking_server, resumed_run
+    from tracker.recording.lifecycle import resumed_run
+    from tracker.recording.store import check_tracking_server
     from tracker.tasks import get_task
 
     check_tracking_server()
