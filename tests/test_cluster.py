@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, all_runs, mlflow_server, started, subprocess_env
 
+# One worker runs this module: Ray's clusters on one machine share ports and /tmp/ray.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture
 def ray_cluster(hermetic, monkeypatch):
@@ -111,7 +114,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
         # Ctrl-C on the driver mid-study: the runs measuring end KILLED with their energy so far.
         definition = tmp_path / "long.yaml"
         definition.write_text("task: summarization\nexperiment: cluster-loss\ndatasets: [builtin]\n"
-                              "params: {n_samples: 200, batch_size: 1, warmup: 0, country: FRA}\n"
+                              "params: {n_samples: 80, batch_size: 1, warmup: 0, country: FRA}\n"
                               "models: [builtin-tiny, {model: builtin-tiny, seed: 1}]\n")
         stopped = subprocess.Popen([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
                                     "--address", cluster.address], env=user_env(MLFLOW_TRACKING_URI=uri),
