@@ -171,6 +171,7 @@ def server_lost(bench: Bench) -> bool:
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
                                    str(port), "--backend-store-uri", f"sqlite:///{folder}/server.db",
                                    "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+                                  env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),  # no job consumers
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
