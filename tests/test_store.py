@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import all_runs, started, subprocess_env
+from conftest import MlflowServer, all_runs, started, subprocess_env
+from mlflow import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +20,17 @@ PLAIN_CLIENT = ("import sys; from mlflow import MlflowClient; client = MlflowCli
                 "print(len(client.search_runs([e.experiment_id for e in client.search_experiments()])))")
 
 
-def _plain_client(uri: str) -> list[str]:
-    """A client that is not ours: it opens (and, on a new store, migrates) the store as the UI does."""
-    return [sys.executable, "-c", PLAIN_CLIENT, uri]
+# The same client in an environment without tracker: MLflow's own builders, no store plugin, so
+# nobody's lock.
+UNGUARDED_CLIENT = ("from mlflow.tracking._tracking_service import utils as t; "
+                    "from mlflow.tracking._model_registry import utils as r; "
+                    "t._tracking_store_registry.register('sqlite', t._get_sqlalchemy_store); "
+                    "r._get_store_registry().register('sqlite', r._get_sqlalchemy_store); " + PLAIN_CLIENT)
+
+
+def _plain_client(uri: str, script: str = PLAIN_CLIENT) -> list[str]:
+    """A client that is not tracker's: it opens (and, on a new store, migrates) the store as the UI does."""
+    return [sys.executable, "-c", script, uri]
 
 
 def test_a_plain_client_and_a_run_opening_one_new_store_at_once_both_succeed(tmp_path):
@@ -66,10 +75,11 @@ def test_a_store_left_half_migrated_is_rebuilt_with_its_runs(cli, client, hermet
         db.execute("CREATE TABLE _alembic_tmp_runs AS SELECT * FROM runs")
         db.execute("DROP TABLE runs")
     env = subprocess_env()
-    broken = subprocess.run(_plain_client(f"sqlite:///{database}"), env=env, capture_output=True, text=True,
-                            timeout=120)
+    broken = subprocess.run(_plain_client(f"sqlite:///{database}", UNGUARDED_CLIENT), env=env, capture_output=True,
+                            text=True, timeout=120)
     assert broken.returncode != 0  # the fault is real: MLflow itself cannot use the store
 
+    holder = sqlite3.connect(database)  # a process that has the store open (the UI)
     code, _, err = cli(*args)
     assert code == 0, err
     [line] = [r.getMessage() for r in caplog.records if "half-migrated" in r.getMessage()]
@@ -81,3 +91,52 @@ def test_a_store_left_half_migrated_is_rebuilt_with_its_runs(cli, client, hermet
     assert runs[before.info.run_id].data.metrics == before.data.metrics  # its figures, as they were
     assert subprocess.run(_plain_client(f"sqlite:///{database}"), env=env, capture_output=True,
                           timeout=120).returncode == 0
+    with contextlib.closing(holder):  # rebuilt in place: it reads the repaired store, not the old file
+        assert holder.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 2
+
+
+def test_mlflow_processes_without_tracker_code_open_a_new_store_under_its_lock(tmp_path):
+    """The README's first steps, `mlflow ui` and `mlflow run .` started together, are two MLflow
+    processes that run no tracker code of their own (the run's launcher opens the store first):
+    tracker's store plugin makes them take the lock too. Here a real `mlflow server` and two plain
+    clients start together on one new store."""
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    from tracker.recording import mlflow_plugin
+
+    assert _tracking_store_registry._registry["sqlite"] is mlflow_plugin.tracking_store  # the entry points
+    assert _get_store_registry()._registry["sqlite"] is mlflow_plugin.registry_store
+    database = tmp_path / "server.db"  # MlflowServer's store
+    uri, env = f"sqlite:///{database}", subprocess_env()
+    server = MlflowServer(tmp_path)
+    with contextlib.ExitStack() as stack:
+        # the second as the launcher of `mlflow run`, which has MLflow's server modules loaded
+        clients = [stack.enter_context(started(_plain_client(uri, script), env))
+                   for script in (PLAIN_CLIENT, "import mlflow.server.handlers; " + PLAIN_CLIENT)]
+        stack.callback(server.stop)
+        server.start()  # the clients start meanwhile
+        results = [(c.communicate(timeout=300), c.returncode) for c in clients]
+        assert all(code == 0 and out.strip() == "0" for (out, _), code in results), results
+        names = [e.name for e in MlflowClient(server.uri).search_experiments()]
+        assert names == ["Default"]  # the server answers from the same store
+    assert _leftovers(database) == []
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        [(revision,)] = db.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert revision == _head_revision()
+
+
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    return ScriptDirectory.from_config(_get_alembic_config("sqlite://")).get_current_head()
+
+
+def test_a_new_store_opened_first_by_a_process_with_mlflows_server_loaded_gets_its_default_experiment(tmp_path):
+    """The launcher of `mlflow run` has MLflow's server modules loaded; the store plugin must still
+    build it a client's store (the server's builder leaves the artifact root unset there)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    opened = subprocess.run(_plain_client(uri, "import mlflow.server.handlers; " + PLAIN_CLIENT), env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert opened.returncode == 0 and opened.stdout.strip() == "0", opened.stderr[-2000:]

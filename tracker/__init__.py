@@ -15,11 +15,15 @@ The Python API (each name is documented; the CLI is a thin layer over the same f
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 # MLflow's telemetry thread wakes through every measured window and cost 5 to 10% of a query
-# phase here; off in tracker's processes unless asked for (tracking.quiet_mlflow_telemetry).
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# phase here; off in tracker's processes unless asked for (store.quiet_mlflow_telemetry). Not
+# where MLflow came first: there tracker is loaded as MLflow's store plugin (the UI, a notebook),
+# whose settings are not tracker's to change; a measurement there stops the thread itself.
+if "mlflow" not in sys.modules:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __version__ = "0.1.0"
 __all__ = ["Measurement", "RunResult", "TuneResult", "current", "measure", "report", "run", "tune"]

@@ -4,10 +4,12 @@ and a new SQLite store's schema made so that nobody opening it at the same momen
 MLflow creates a SQLite store's schema the first time any client opens it, through some 70
 migrations that are not one transaction: two openers at once (the UI and a run, a notebook and a
 run) can each run them and leave the store half-migrated for good (``_alembic_tmp_*`` tables, a
-revision between two). Tracker processes take a lock on ``<file>.lock``; other clients do not. So a
-new store is built under a private name and linked into place (never over a file another opener
-made), a store another process is migrating is waited for, and one left half-migrated is rebuilt
-with every row it holds, the old file kept beside it.
+revision between two). So every opener takes a lock on ``<file>.lock`` first: tracker's processes
+here, and every other MLflow process of the environment through the store plugin
+(``tracker.recording.mlflow_plugin``). Under it a new store is built under a private name and linked
+into place (never over a file another opener made), a store another process is migrating (one
+without the plugin) is waited for, and one left half-migrated is rebuilt with every row it holds, in
+place, the old file copied beside it.
 """
 
 from __future__ import annotations
@@ -103,27 +105,50 @@ def prepare_sqlite_store(uri: str) -> None:
     from mlflow.tracking._model_registry.utils import _get_store as registry_store
     from mlflow.tracking._tracking_service.utils import _get_store as tracking_store
 
-    database = Path(uri.removeprefix("sqlite:///")).expanduser()
+    database = sqlite_path(uri)
+    if database is None:
+        return  # in memory: this process's alone
     database.parent.mkdir(parents=True, exist_ok=True)
-    with _tracker_lock(database):  # of several tracker processes, one makes the schema, the others wait
-        try:
-            schema = _settled(database)
-            if schema.empty:
-                _create(database)
-            elif not schema.whole and _half_migrated(database, schema):
-                _rebuild(database, schema)
-            tracking_store(uri)  # an older, whole store is migrated by MLflow itself, as always
-            registry_store(uri)
-        except TrackingServerError:
+    try:
+        with schema_ready(database):
+            pass
+        # Built outside the lock: the store plugin (tracker.recording.mlflow_plugin) takes it again
+        # for MLflow's own opening, where an older store is upgraded.
+        tracking_store(uri)
+        registry_store(uri)
+    except TrackingServerError:
+        raise
+    except Exception as err:
+        problem = store_unwritable(err)
+        if not problem:
             raise
-        except Exception as err:
-            problem = store_unwritable(err)
-            if not problem:
-                raise
-        else:
-            problem = _write_probe(database)  # an existing store opens read-only without a word
+    else:
+        problem = _write_probe(database)  # an existing store opens read-only without a word
     if problem:
         raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store URI (relative to the working directory, as SQLite takes
+    it), or None for an in-memory one."""
+    path = uri.removeprefix("sqlite://").partition("?")[0]
+    if path in ("", "/", "/:memory:"):
+        return None
+    return Path(path[1:]).expanduser()
+
+
+@contextlib.contextmanager
+def schema_ready(database: Path) -> Iterator[None]:
+    """Hold the store's lock with its schema made: created if new, waited for while another
+    process migrates it, rebuilt if it was left half-migrated. Whatever opens the store inside
+    meets a whole schema, or an older whole one that MLflow upgrades while others wait."""
+    with _tracker_lock(database):
+        schema = _settled(database)
+        if schema.empty:
+            _create(database)
+        elif not schema.whole and _half_migrated(database, schema):
+            _rebuild(database, schema)
+        yield
 
 
 @contextlib.contextmanager
@@ -297,25 +322,17 @@ def _rebuild(database: Path, schema: Schema) -> None:
             fresh.execute("DETACH DATABASE old")
         kept = database.with_name(f"{database.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.copy2(database, kept)
-        os.replace(private, database)
-        _close_pooled_connections(database)
+        # Written into the same file, not moved over it: a process that has it open (the launcher
+        # of `mlflow run`, the UI) would otherwise write to the old file, or be refused ("readonly
+        # database"), for the rest of its life.
+        with contextlib.closing(sqlite3.connect(private)) as source, \
+                contextlib.closing(sqlite3.connect(database, timeout=30)) as target:
+            source.backup(target)
     finally:
         private.unlink(missing_ok=True)
     logger.warning("the MLflow store %s had been left half-migrated by another process (revision %s, %s): rebuilt "
                    "with its %d run(s) and every other row; the old file is kept as %s", database, schema.revision,
                    ", ".join(schema.leftovers) or "tables missing", copied.get("runs", 0), kept)
-
-
-def _close_pooled_connections(database: Path) -> None:
-    """MLflow keeps one engine per store URI for the life of the process; connections it pooled
-    before the file was replaced would go on reading and writing the old one."""
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
-
-    for store in (TrackingStore, RegistryStore):
-        for uri, engine in list(store._engine_map.items()):
-            if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).expanduser() == database:
-                engine.dispose()
 
 
 def _copy_rows(fresh: sqlite3.Connection) -> tuple[list[str], dict[str, int]]:
