@@ -140,3 +140,14 @@ def test_a_new_store_opened_first_by_a_process_with_mlflows_server_loaded_gets_i
     opened = subprocess.run(_plain_client(uri, "import mlflow.server.handlers; " + PLAIN_CLIENT), env=subprocess_env(),
                             capture_output=True, text=True, timeout=120)
     assert opened.returncode == 0 and opened.stdout.strip() == "0", opened.stderr[-2000:]
+
+
+def test_a_run_where_the_store_plugin_is_not_registered_says_so_in_one_line(cli, monkeypatch, caplog):
+    """A checkout updated without `pip install -e .` again: MLflow's processes open stores unguarded."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setitem(utils._tracking_store_registry._registry, "sqlite", utils._get_sqlalchemy_store)
+    code, _, err = cli("run", "--task", "text-classification", "--model", "builtin-tiny", "--dataset", "builtin",
+                       "--n-samples", "2", "--warmup", "0", "--no-progress", "--country", "FRA")
+    assert code == 0, err
+    assert [r for r in caplog.records if "store plugin is not registered" in r.getMessage()]

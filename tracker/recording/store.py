@@ -54,6 +54,10 @@ def check_tracking_server(timeout_s: float = 5.0) -> str:
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///"):
         prepare_sqlite_store(uri)
+        if not plugin_registered():
+            logger.warning("MLflow's store plugin is not registered in this environment (tracker run from a "
+                           "source tree, or a checkout updated without installing it again): the MLflow UI "
+                           "opening a new store at the same moment as a run can break it; run `pip install -e .`")
     if uri.startswith(("http://", "https://")):
         reason = unreachable(uri, timeout_s)
         if reason:
@@ -126,6 +130,14 @@ def prepare_sqlite_store(uri: str) -> None:
         problem = _write_probe(database)  # an existing store opens read-only without a word
     if problem:
         raise TrackingServerError(f"the MLflow store {uri} cannot be written ({problem}): {STORE_REMEDY}")
+
+
+def plugin_registered() -> bool:
+    """Whether MLflow opens SQLite stores through tracker's plugin here (its entry points installed)."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    builder = _tracking_store_registry._registry.get("sqlite")
+    return getattr(builder, "__module__", "") == "tracker.recording.mlflow_plugin"
 
 
 def sqlite_path(uri: str) -> Path | None:
