@@ -202,6 +202,9 @@ def _broken_model(tmp_path: Path, fault: str) -> Path:
         weights.unlink()
     elif fault == "corrupt-safetensors":
         weights.write_bytes(weights.read_bytes()[:100])  # cut short, as by a broken download
+    elif fault == "config-mismatch":  # the weights fine, the config edited: shapes differ at load time
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"vocab_size": 2 * config["vocab_size"]}))
     elif fault in ("unsafe-pickle", "plain-pickle"):
         state = load_file(str(weights))
         if fault == "unsafe-pickle":
@@ -226,6 +229,18 @@ def test_a_model_that_cannot_be_loaded_is_refused_in_one_line_before_any_run(cli
     assert message in line and "Traceback" not in err
     assert "weights_only" not in err  # torch's advice to turn its safe loader off is never passed on
     assert all_runs(client) == []
+
+
+def test_weights_that_do_not_fit_their_config_fail_the_run_in_one_line(cli, client, tmp_path):
+    """Found only when the model loads, in the run: FAILED with the reason, not a traceback."""
+    folder = _broken_model(tmp_path, "config-mismatch")
+    code, _, err = cli("run", "--task", "text-classification", "--model", str(folder), "--dataset", "builtin",
+                       "--n-samples", "2", "--no-progress")
+    assert code != 0 and "Traceback" not in err, err[-3000:]
+    [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
+    assert "do not fit its config.json" in line
+    [run] = all_runs(client)
+    assert run.info.status == "FAILED" and "do not fit its config.json" in run.data.tags["tracker.error"]
 
 
 def test_pickled_weights_that_load_safely_still_run(cli, client, tmp_path):

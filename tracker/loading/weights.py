@@ -46,6 +46,9 @@ def load_error(err: BaseException) -> str | None:
         return f"its weights are unreadable ({text.splitlines()[0]}): the file is damaged or not safetensors"
     if isinstance(err, OSError) and "no file named" in text:
         return f"it holds no weights ({text.splitlines()[0]})"
+    if "ignore_mismatched_sizes" in text or "size mismatch" in text:
+        return ("its weights do not fit its config.json (some tensors' shapes differ from the ones it describes): "
+                "fix config.json or copy the model folder again")
     return None
 
 
