@@ -399,6 +399,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", nargs="*", default=[], help="names of faults to run (default: all)")
     args = parser.parse_args()
+    # Ctrl-C as a terminal delivers it: started in the background of a script (`cmd &`, nohup) this
+    # process inherits SIGINT ignored, and so would every command it starts, which then never sees it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     bench = Bench()
     chosen = [f for f in FAULTS if not args.only or f.__name__ in args.only]
     survived = not_tried = 0
