@@ -11,6 +11,7 @@ until a store is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -54,13 +55,13 @@ def _opened(store_uri: str, build: Callable[..., Any], *args: Any) -> Any:
     from tracker.recording.store import schema_ready, sqlite_path
 
     database = sqlite_path(store_uri)
-    if database is None:
-        return build(store_uri, *args)
-    try:
-        with schema_ready(database):
-            return build(store_uri, *args)
-    except TrackingServerError:
-        raise  # a store being migrated past the wait, or one that cannot be rebuilt: one line says so
-    except Exception as err:  # never worse than MLflow alone: it opens the store and says what it says
-        logger.warning("could not prepare the MLflow store %s (%s): opening it as MLflow does", database, err)
+    lock = contextlib.ExitStack()
+    if database is not None:
+        try:
+            lock.enter_context(schema_ready(database))
+        except TrackingServerError:
+            raise  # a store being migrated past the wait, or one that cannot be rebuilt: one line says so
+        except Exception as err:  # never worse than MLflow alone: it opens the store and says what it says
+            logger.warning("could not prepare the MLflow store %s (%s): opening it as MLflow does", database, err)
+    with lock:  # MLflow's own failures are its own, raised once
         return build(store_uri, *args)
