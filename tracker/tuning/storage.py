@@ -8,21 +8,22 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from tracker.errors import ConfigError
+from tracker.recording.store import sqlite_path
 from tracker.tuning.config import TuneConfig
 
 
 def single_sqlite_worker(storage: str) -> contextlib.AbstractContextManager:
     """Hold a lock on a SQLite study file: a second worker gets a clear refusal, not lock errors."""
-    if not storage.startswith("sqlite:///"):
+    database = sqlite_path(storage) if storage.startswith("sqlite:///") else None
+    if database is None:  # a server's database, or one in this process's memory
         return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def locked() -> Iterator[None]:
-        path = Path(storage.removeprefix("sqlite:///") + ".lock")
+        path = database.with_name(database.name + ".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as handle:
             try:
