@@ -276,7 +276,8 @@ def failed_baseline(bench: Bench) -> bool:
     args[args.index("summarization")] = "text-classification"
     # Weights that no longer fit their config: tune's own checks read the weights alone, so the
     # baseline's child is the first to fail, when it loads the model.
-    config.write_text(json.dumps(json.loads(saved) | {"vocab_size": 2 * json.loads(saved)["vocab_size"]}))
+    fields = json.loads(saved)
+    config.write_text(json.dumps(fields | {"vocab_size": 2 * fields["vocab_size"]}))
     first = bench.tracker(env, *args)
     config.write_text(saved)  # repaired: the same command measures the baseline again
     second = bench.tracker(env, *args)
