@@ -27,6 +27,9 @@ UNGUARDED_CLIENT = ("from mlflow.tracking._tracking_service import utils as t; "
                     "t._tracking_store_registry.register('sqlite', t._get_sqlalchemy_store); "
                     "r._get_store_registry().register('sqlite', r._get_sqlalchemy_store); " + PLAIN_CLIENT)
 
+# As the launcher of `mlflow run` opens the store: with MLflow's server modules loaded.
+LAUNCHER_CLIENT = "import mlflow.server.handlers; " + PLAIN_CLIENT
+
 
 def _plain_client(uri: str, script: str = PLAIN_CLIENT) -> list[str]:
     """A client that is not tracker's: it opens (and, on a new store, migrates) the store as the UI does."""
@@ -111,9 +114,8 @@ def test_mlflow_processes_without_tracker_code_open_a_new_store_under_its_lock(t
     uri, env = f"sqlite:///{database}", subprocess_env()
     server = MlflowServer(tmp_path)
     with contextlib.ExitStack() as stack:
-        # the second as the launcher of `mlflow run`, which has MLflow's server modules loaded
         clients = [stack.enter_context(started(_plain_client(uri, script), env))
-                   for script in (PLAIN_CLIENT, "import mlflow.server.handlers; " + PLAIN_CLIENT)]
+                   for script in (PLAIN_CLIENT, LAUNCHER_CLIENT)]
         stack.callback(server.stop)
         server.start()  # the clients start meanwhile
         results = [(c.communicate(timeout=300), c.returncode) for c in clients]
@@ -137,7 +139,7 @@ def test_a_new_store_opened_first_by_a_process_with_mlflows_server_loaded_gets_i
     """The launcher of `mlflow run` has MLflow's server modules loaded; the store plugin must still
     build it a client's store (the server's builder leaves the artifact root unset there)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    opened = subprocess.run(_plain_client(uri, "import mlflow.server.handlers; " + PLAIN_CLIENT), env=subprocess_env(),
+    opened = subprocess.run(_plain_client(uri, LAUNCHER_CLIENT), env=subprocess_env(),
                             capture_output=True, text=True, timeout=120)
     assert opened.returncode == 0 and opened.stdout.strip() == "0", opened.stderr[-2000:]
 
