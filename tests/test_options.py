@@ -18,7 +18,7 @@ from tracker.options import flag, options_of
 from tracker.runs.config import RunConfig
 from tracker.tuning.config import TuneConfig, parse_tune_config
 
-ENTRY_POINTS = {"main": "run", "study": "study", "tune": "tune", "report": "report"}
+ENTRY_POINTS = {"main": "run", "study": "study", "tune": "tune", "report": "report", "serve_bench": "serve-bench"}
 # Flags an MLproject parameter cannot carry: repeatable ones (MLflow's own run tags do that job).
 NOT_IN_MLPROJECT = {"tags"}
 
@@ -99,7 +99,8 @@ LAYERS = [
     {"tracker.recording"},
     {"tracker.runs"},
     {"tracker.execution"},
-    {"tracker.study", "tracker.tuning", "tracker.reporting", "tracker.import_codecarbon", "tracker.annotate"},
+    {"tracker.study", "tracker.tuning", "tracker.reporting", "tracker.import_codecarbon", "tracker.annotate",
+     "tracker.serving"},
     {"tracker.api"},
     {"tracker.cli", "tracker.__main__", "tracker"},
 ]

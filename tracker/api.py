@@ -1,4 +1,4 @@
-"""The commands as functions: ``run``, ``tune`` and ``report`` take the CLI's options as keyword
+"""The commands as functions: ``run``, ``tune``, ``serve_bench`` and ``report`` take the CLI's options as keyword
 arguments (numbers as numbers, lists as lists), check them the same way, and return typed results.
 The CLI is a thin layer over them.
 """
@@ -71,6 +71,24 @@ def tune(*, task: str, **options: Any) -> TuneResult:
                       carbon_reduction_x_ci95=tuple(low_high) if low_high else None,
                       reference_quality=summary["reference_quality"], best_quality=summary.get("best_quality"),
                       tie=summary.get("tie"), summary=summary)
+
+
+def serve_bench(*, tags: dict[str, str] | None = None, **options: Any) -> Any:
+    """Measure an OpenAI-compatible server at each load level (``tracker serve-bench``): its energy
+    per request and per token with their latency, one MLflow run per level under a parent run.
+
+    Options are the command's flags by their Python names: ``endpoint`` or ``launch``, ``model``,
+    ``concurrency`` or ``request_rate`` (lists), ``output_tokens``, ``windows``, ``slo_ttft_ms``, ...
+    Returns a ``tracker.serving.bench.ServeResult`` (the parent run, each level's run and metrics,
+    the best level within the latency targets with ``carbon_reduction_x``).
+
+    Raises:
+        tracker.errors.UserError: a bad option, or a server that cannot be measured, before any run.
+    """
+    from tracker.serving.bench import serve_bench as measure_server
+    from tracker.serving.config import ServeConfig
+
+    return measure_server(ServeConfig.parse(**options), tags=tags)
 
 
 def report(*, output: str | Path = "report", experiments: list[str] | tuple[str, ...] = (),

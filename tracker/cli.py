@@ -1,4 +1,4 @@
-"""The ``tracker`` command: run, study, tune, import-codecarbon, annotate, report, sync, tasks.
+"""The ``tracker`` command: run, study, tune, serve-bench, import-codecarbon, annotate, report, sync, tasks.
 
 Flags mirror the MLproject ``main`` entry point's parameters in kebab case. User mistakes print
 one line and exit 2; an interrupted run exits 130 (SIGINT) or 143 (SIGTERM).
@@ -17,6 +17,7 @@ from tracker.execution.placement import Placement
 from tracker.options import add_flags, boolean, integer, options_of
 from tracker.recording.signals import signals_restored
 from tracker.runs.config import RunConfig
+from tracker.serving.config import ServeConfig
 from tracker.tuning.config import DEFAULT_STORAGE, TUNE_SEARCHES, TuneConfig
 
 
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(tune, RunConfig, exclude=[*TUNE_SEARCHES, "progress"], required=["task"])  # trials show no bar
     add_flags(tune, TuneConfig)
     add_flags(tune, Placement)
+    serve = commands.add_parser("serve-bench", help="measure an OpenAI-compatible server's energy per request "
+                                                   "and per token, with its latency, at each load level")
+    add_flags(serve, ServeConfig)
+    serve.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                       help="add a tag to the runs (repeatable)")
     _add_record_commands(commands)
     commands.add_parser("sync", help="upload the runs kept locally while the tracking server was lost")
     _add_report_command(commands)
@@ -123,6 +129,8 @@ def _command(args: argparse.Namespace) -> int:
             return _annotate(args)
         if args.command == "sync":
             return _sync()
+        if args.command == "serve-bench":
+            return _serve_bench(vars(args))
         return _run(vars(args))
     except UserError as err:
         print(f"tracker: error: {err}", file=sys.stderr)
@@ -159,6 +167,32 @@ def _run(args: dict) -> int:
           + ("CONTENDED: " + report.tags["tracker.measurement.contended_reason"]
              if report.tags.get("tracker.measurement.contended") == "true"
              else "not contended: other processes stayed under 10% of the CPU"))
+    return 0
+
+
+def _serve_bench(args: dict) -> int:
+    from tracker.api import serve_bench
+
+    args.pop("command")
+    tags = _parse_tags(args.pop("tags"))
+    result = serve_bench(**args, tags=tags)
+    print(f"serve-bench {result.parent_run_id} FINISHED in experiment '{result.experiment}': {result.model}")
+    for level in result.levels:
+        m = level.metrics
+        print(f"  {level.level.name}: {_fmt(m.get('energy_j_per_output_token'))} J per output token, "
+              f"{_fmt(m.get('energy_j_per_request'))} J per request, {_fmt(m.get('output_tokens_per_s'))} tokens/s, "
+              f"TTFT p90 {_fmt(m.get('ttft_ms_p90'))} ms, TPOT p90 {_fmt(m.get('tpot_ms_p90'))} ms, "
+              f"{int(m.get('requests_failed', 0))} failed"
+              + ("" if level.feasible else " (misses the latency targets)"))
+    s = result.summary
+    if "best_level" in s:
+        print(f"  lowest carbon per output token within the targets: {s['best_level']} "
+              f"({_fmt(s['best_emissions_g_per_output_token'])} gCO2eq per token); carbon_reduction_x = "
+              f"{_fmt(s['carbon_reduction_x'])} against {s['baseline_level']} (95% interval "
+              f"{_fmt(s['carbon_reduction_x_ci95_low'])} to {_fmt(s['carbon_reduction_x_ci95_high'])})"
+              + (f"; tied with {s['tie']}" if s.get("tie") else ""))
+    else:
+        print("  no level kept the latency targets")
     return 0
 
 

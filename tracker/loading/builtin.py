@@ -29,7 +29,13 @@ BUILTIN_DATASET = "builtin"
 Architecture = Literal["seq2seq", "causal"]
 BUILTIN_SEQ2SEQ = "builtin-tiny-seq2seq"
 BUILTIN_CAUSAL = "builtin-tiny-causal"
-BUILTINS: dict[str, Architecture] = {BUILTIN_SEQ2SEQ: "seq2seq", BUILTIN_CAUSAL: "causal"}
+# A tiny Llama with a chat template: what servers run (transformers serve's continuous batching
+# needs an architecture with paged attention, which BLOOM's ALiBi lacks).
+BUILTIN_CHAT = "builtin-tiny-chat"
+BUILTINS: dict[str, Architecture] = {BUILTIN_SEQ2SEQ: "seq2seq", BUILTIN_CAUSAL: "causal", BUILTIN_CHAT: "causal"}
+# The chat template of the tiny chat model: each turn on its own line, the answer after "assistant:".
+CHAT_TEMPLATE = ("{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
 # Bump when a generator or a tiny model's recipe changes, so stale caches are not reused.
 BUILTIN_VERSION = 2
 
@@ -133,11 +139,20 @@ def save_tiny_distilbert(folder: Path, texts: list[str], head: str, **config: An
 
 
 def save_tiny_language_model(name: str, folder: Path, texts: list[str]) -> None:
-    """A tiny T5 (the Flan-T5 architecture) or BLOOM (BLOOMz's) with random weights."""
-    from transformers import BloomConfig, BloomForCausalLM, T5Config, T5ForConditionalGeneration
+    """A tiny T5 (the Flan-T5 architecture), BLOOM (BLOOMz's) or Llama (with a chat template) with
+    random weights."""
+    from transformers import (BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM, T5Config,
+                              T5ForConditionalGeneration)
 
     tokenizer = train_tokenizer(texts, "bart")
-    if BUILTINS[name] == "seq2seq":
+    if name == BUILTIN_CHAT:
+        tokenizer.chat_template = CHAT_TEMPLATE
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id)
+        model = LlamaForCausalLM(config)
+    elif BUILTINS[name] == "seq2seq":
         config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2,
                           num_decoder_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id,

@@ -87,6 +87,8 @@ class Window:
     # How far own_cpu_s may be off: a clock tick per edge where children's times (read in ticks) are
     # in it, 0 where it comes from the nanosecond clock alone.
     own_cpu_error_s: float = 0.0
+    # CPU time of the measurement's companion (a load generator): neither charged nor background.
+    companion_cpu_s: float = 0.0
 
     @classmethod
     def between(cls, start: Snapshot, end: Snapshot) -> Window:
@@ -101,7 +103,8 @@ class Window:
                    background_gpu_processes=gpu_processes, gpu_counter_kwh=gpu_kwh, gpu_reason=gpu_reason,
                    rapl_cpu_kwh=rapl,
                    own_cpu_error_s=(CLOCK_TICK_S * max(start.cpu.living_children, end.cpu.living_children, 1)
-                                    if ticked else 0.0))
+                                    if ticked else 0.0),
+                   companion_cpu_s=max(end.cpu.companion_s - start.cpu.companion_s, 0.0))
 
     def __add__(self, other: Window) -> Window:
         """Several windows as one: their times and counters summed, other GPU processes at most."""
@@ -116,7 +119,8 @@ class Window:
                       gpu_counter_kwh=both(self.gpu_counter_kwh, other.gpu_counter_kwh),
                       gpu_reason="; ".join(filter(None, {self.gpu_reason, other.gpu_reason})),
                       rapl_cpu_kwh=both(self.rapl_cpu_kwh, other.rapl_cpu_kwh),
-                      own_cpu_error_s=self.own_cpu_error_s + other.own_cpu_error_s)
+                      own_cpu_error_s=self.own_cpu_error_s + other.own_cpu_error_s,
+                      companion_cpu_s=self.companion_cpu_s + other.companion_cpu_s)
 
     @property
     def unresolved(self) -> str | None:
@@ -144,7 +148,7 @@ class Window:
 
     @property
     def background_cpu_s(self) -> float:
-        return max(self.machine_busy_cpu_s - self.own_cpu_s, 0.0)
+        return max(self.machine_busy_cpu_s - self.own_cpu_s - self.companion_cpu_s, 0.0)
 
     @property
     def background_cpu_share(self) -> float:

@@ -70,15 +70,19 @@ class EnergyMeter:
     """Measures named phases of one run."""
 
     def __init__(self, *, location: Location, device: str = "cpu", tracking_mode: TrackingMode = "machine",
-                 project_name: str = "tracker", probe: Probe | None = None) -> None:
+                 project_name: str = "tracker", probe: Probe | None = None,
+                 other_process_gpus: list[int | str] | None = None) -> None:
+        """``device`` is this process's torch device; ``other_process_gpus`` the GPUs another measured
+        process uses (a server's), read through NVML but never synchronized from here."""
         from codecarbon import OfflineEmissionsTracker
 
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
         gpu = visible_gpu(device)
-        # CodeCarbon measures only the GPU the run uses; None (all) is moot off the GPU.
-        gpu_ids = None if gpu is None else [gpu]
+        gpus = list(other_process_gpus) if other_process_gpus else [] if gpu is None else [gpu]
+        # CodeCarbon measures only the GPUs the run uses; None (all) is moot off the GPU.
+        gpu_ids = gpus or None
         self.device = device
-        self.probe = probe if probe is not None else default_probe([] if gpu is None else [gpu])
+        self.probe = probe if probe is not None else default_probe(gpus)
         self.location = location
         self.readings: list[PhaseReading] = []
         options: dict[str, Any] = {}
@@ -207,9 +211,10 @@ class EnergyMeter:
         }
         return tags
 
-    def records_csv(self) -> str:
-        """Every phase's CodeCarbon row, in CodeCarbon's own layout with a leading task_name."""
-        rows = [r.record for r in self.readings if r.record]
+    def records_csv(self, readings: list[PhaseReading] | None = None) -> str:
+        """Every phase's CodeCarbon row (or those of ``readings``), in CodeCarbon's own layout with a
+        leading task_name."""
+        rows = [r.record for r in (self.readings if readings is None else readings) if r.record]
         if not rows:
             return ""
         out = io.StringIO()

@@ -37,6 +37,9 @@ class CpuTimes:
     # up to a tick not counted yet.
     children_s: float = 0.0
     living_children: int = 0
+    # CPU time of work that is part of the measurement but not charged to it: the load generator
+    # that drives a server. Neither the run's nor other work that contends with it.
+    companion_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,27 @@ class SystemProbe:
 
     ``gpus`` are the devices as CUDA_VISIBLE_DEVICES names them (an NVML index or a UUID), see
     ``visible_gpu``. ``nvml`` may be a stand-in for the pynvml module.
+
+    ``root_pid`` names another process tree as the one measured (a server's): its CPU time is the
+    run's, read in clock ticks, and this process's own CPU time (the load generator's) is kept
+    apart as the companion's. The last reading of each of its processes is remembered, so a tree
+    that dies mid-window keeps the time it used until the reading before.
     """
 
     gpus: list[int | str] = field(default_factory=list)
     nvml: Any = None
     rapl_root: Path = RAPL_ROOT
     logical_cpus: int = 0
+    root_pid: int | None = None
     _handles: dict[str, Any] | None = None
     _gpu_reason: str = ""
+    _last_seen: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import psutil
 
         self._process = psutil.Process()
+        self._root = self._process if self.root_pid is None else psutil.Process(self.root_pid)
         self.logical_cpus = self.logical_cpus or psutil.cpu_count() or 1
         if self.gpus:
             self._open_nvml()
@@ -91,6 +102,8 @@ class SystemProbe:
         return Snapshot(at_s=time.perf_counter(), cpu=self._cpu(), gpu=self._gpu(), rapl_uj=self._rapl())
 
     def _cpu(self) -> CpuTimes:
+        if self.root_pid is not None:
+            return self._other_tree_cpu()
         import psutil
 
         # CLOCK_PROCESS_CPUTIME_ID: every thread of this process, to the nanosecond. psutil's
@@ -108,19 +121,56 @@ class SystemProbe:
                 children_s += times.user + times.system
             except psutil.Error:
                 pass
-        machine = psutil.cpu_times()
-        # As CodeCarbon's load meter: guest time is already in user and nice time on Linux.
-        total = sum(machine) - getattr(machine, "guest", 0) - getattr(machine, "guest_nice", 0)
-        busy = total - machine.idle - getattr(machine, "iowait", 0)
+        busy, total = _machine_cpu_s()
         return CpuTimes(own_s=seconds + children_s, machine_busy_s=busy, machine_total_s=total,
                         children_s=children_s, living_children=len(children))
+
+    def _other_tree_cpu(self) -> CpuTimes:
+        """The measured tree's CPU time (another process's), this process's own as the companion's."""
+        import psutil
+
+        seen: dict[int, float] = {}
+        reaped = 0.0
+        try:
+            root = self._root.cpu_times()
+            seen[self._root.pid] = root.user + root.system
+            reaped = root.children_user + root.children_system  # its children that ended and were reaped
+            children = self._root.children(recursive=True)
+        except psutil.Error:  # the root is gone: its last reading stands
+            children = []
+        for child in children:
+            try:
+                times = child.cpu_times()
+                seen[child.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        # A child that ended since the last reading is either in ``reaped`` now or lost with its
+        # last interval; the root itself is kept at its last reading once it is gone.
+        if self._root.pid not in seen and self._root.pid in self._last_seen:
+            seen[self._root.pid] = self._last_seen[self._root.pid]
+            reaped = self._last_seen.get(-1, 0.0)
+        self._last_seen = {**seen, -1: reaped}
+        own = sum(seen.values()) + reaped
+        busy, total = _machine_cpu_s()
+        # Every second of it is read in clock ticks: the error rule of children applies to all of it.
+        return CpuTimes(own_s=own, machine_busy_s=busy, machine_total_s=total, children_s=own,
+                        living_children=len(seen), companion_s=time.process_time())
+
+    def root_alive(self) -> bool:
+        """Whether the measured tree's root process still runs (a zombie does not)."""
+        import psutil
+
+        try:
+            return self._root.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     def own_pids(self) -> set[int]:
         import psutil
 
-        pids = {self._process.pid}
+        pids = {self._root.pid}
         try:
-            pids.update(child.pid for child in self._process.children(recursive=True))
+            pids.update(child.pid for child in self._root.children(recursive=True))
         except psutil.Error:
             pass
         return pids
@@ -190,6 +240,16 @@ class SystemProbe:
                 continue  # unreadable (root only on recent kernels): CodeCarbon models instead
             readings[zone.name] = (energy, limit)
         return readings or None
+
+
+def _machine_cpu_s() -> tuple[float, float]:
+    """Every logical CPU's busy and total seconds so far."""
+    import psutil
+
+    machine = psutil.cpu_times()
+    # As CodeCarbon's load meter: guest time is already in user and nice time on Linux.
+    total = sum(machine) - getattr(machine, "guest", 0) - getattr(machine, "guest_nice", 0)
+    return total - machine.idle - getattr(machine, "iowait", 0), total
 
 
 def visible_gpu(device: str, environ: dict[str, str] | None = None) -> int | str | None:

@@ -1,0 +1,388 @@
+"""``tracker serve-bench``: a server's energy per request and per token, with its latency, at each
+load level; one MLflow run per level under a parent run for the sweep.
+
+For each level the load generator starts, warm-up requests end unmeasured, and then ``windows``
+measured windows follow back to back while the level's load is held (the steady state: at a
+concurrency of C, C requests are in flight throughout, which ``mean_in_flight`` shows). The
+meter's windows are CodeCarbon phases whose attributed part is the server's process tree
+(``SystemProbe(root_pid=...)``); this process's CPU time, the load generator's, is measured beside
+it and never charged to the server. A level ends FAILED with the energy measured so far when the
+server dies, KILLED on Ctrl-C; a launched server is stopped either way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tracker.measurement.meter import EnergyMeter, PhaseReading
+from tracker.measurement.stats import Spread, ratio_interval
+from tracker.serving.config import BUILTIN_SERVE_MODEL, ServeConfig
+from tracker.serving.figures import (WindowFigures, level_figures, meets_targets, tpot_ms, ttft_ms,
+                                     window_counts)
+from tracker.serving.loadgen import Client, Level, Load, Prompt, RequestRecord, choose_length_dialect
+from tracker.serving.server import Server, ServerError, ServerLost, attach, launch
+from tracker.serving.workload import Workload, load_workload, score
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.2  # how often a window checks that the server lives and whether it may end
+DRAIN_ON_ERROR_S = 2.0
+
+
+@dataclass
+class LevelResult:
+    level: Level
+    run_id: str
+    metrics: dict[str, float]
+    feasible: bool  # keeps the latency targets
+    per_window_token_j: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ServeResult:
+    parent_run_id: str
+    experiment: str
+    model: str
+    levels: list[LevelResult]
+    summary: dict[str, Any]
+
+
+def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> ServeResult:
+    from mlflow import MlflowClient
+
+    from tracker.measurement.carbon import resolve_location
+    from tracker.recording.lifecycle import open_run, resumed_run
+    from tracker.recording.provenance import version_tags
+    from tracker.recording.signals import interrupts_raise
+    from tracker.recording.store import check_tracking_server
+
+    check_tracking_server()
+    location = resolve_location(config.country, config.carbon_intensity)
+    workload = load_workload(config)
+    with ExitStack() as stack:
+        stack.enter_context(interrupts_raise())
+        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tracker-serve-")))
+        server = _server(config, log_dir)
+        stack.callback(server.stop)
+        client = _client(config, server, workload)
+        meter = _meter(server, location)
+        stack.callback(meter.close)
+        mlflow = MlflowClient()
+        base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload)
+        params = config.params() | {"model": server.model, "dataset": workload.dataset}
+        parent_id = open_run(mlflow, config.experiment, f"serve · {_short(server.model)} · "
+                                                         f"{','.join(lv.slug for lv in config.levels())}",
+                             base_tags | {"tracker.serve.sweep": "true"}, params)
+        results: list[LevelResult] = []
+        with resumed_run(mlflow, parent_id):
+            try:
+                for level in config.levels():
+                    results.append(_measure_level(config, level, server, client, meter, workload, parent_id,
+                                                  base_tags, params))
+            finally:
+                if server.log_path is not None and server.log_path.exists():
+                    mlflow.log_artifact(parent_id, str(server.log_path), "server")
+            summary = _summarize(config, results)
+            _log_summary(mlflow, parent_id, summary)
+    return ServeResult(parent_id, config.experiment, server.model, results, summary)
+
+
+def _server(config: ServeConfig, log_dir: Path) -> Server:
+    if config.endpoint is not None:
+        return attach(config.endpoint, config.server_pid)
+    model = config.model
+    if model == BUILTIN_SERVE_MODEL:
+        from tracker.sources.models import builtin_multipurpose
+
+        model = builtin_multipurpose(BUILTIN_SERVE_MODEL).location
+    return launch(config.launch or "", model=model, log_dir=log_dir, settings=config.settings(),
+                  startup_timeout_s=config.startup_timeout_s)
+
+
+def _client(config: ServeConfig, server: Server, workload: Workload) -> Client:
+    """A client that the server answers, asking for exact output lengths where the server can."""
+    client = Client(server.endpoint, server.model, api=config.api, timeout_s=config.request_timeout_s)
+    first = client.send(Prompt(workload.prompts[0].text, 2))
+    if not first.ok:
+        raise ServerError(f"{server.endpoint} refused a {config.api} request ({first.outcome}: "
+                          f"{first.detail.strip()[:300]}); check --api (completions or chat) and the model")
+    client.length_dialect = choose_length_dialect(client, workload.prompts[0])
+    if client.length_dialect is None:
+        logger.warning("the server takes no way to fix the output length (vLLM's min_tokens, transformers' "
+                       "generation_config): outputs end where the model stops; their lengths are the server's")
+    return client
+
+
+def _meter(server: Server, location: Any) -> EnergyMeter:
+    from tracker.measurement.readings import SystemProbe
+
+    gpus = server_gpus(server)
+    probe = SystemProbe(gpus=gpus, root_pid=server.pid)
+    return EnergyMeter(location=location, probe=probe, other_process_gpus=gpus)
+
+
+def server_gpus(server: Server) -> list[int]:
+    """The GPUs (NVML indices) on which the server's processes compute; [] without NVML or GPUs."""
+    import psutil
+
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pids = {server.pid, *(c.pid for c in psutil.Process(server.pid).children(recursive=True))}
+        pynvml.nvmlInit()
+        found = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            if any(p.pid in pids for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)):
+                found.append(index)
+        return found
+    except Exception as err:  # no driver, no permission: the figures say the GPU was not read
+        logger.debug("NVML not readable (%s): no GPU energy for the server", err)
+        return []
+
+
+def _server_tags(server: Server, client: Client, workload: Workload) -> dict[str, str]:
+    return {
+        "tracker.serve.server": server.how,
+        "tracker.serve.endpoint": server.endpoint,
+        "tracker.serve.output_length": (f"{workload.output_length}; exact, through the server's "
+                                        f"{client.length_dialect} request fields" if client.length_dialect
+                                        else f"{workload.output_length}; the server stops where the model "
+                                             "stops (it takes no way to fix the length)"),
+        "tracker.dataset.source": workload.source,
+        "tracker.serve.window": ("steady state: windows open once the warm-up requests ended with the level's "
+                                 "load held, and close after --min-window-s and --min-window-requests; "
+                                 "tokens are counted by their arrival inside each window"),
+        "tracker.serve.attribution": ("the server's process tree (its CPU time, read in clock ticks) and its "
+                                      "GPUs; the load generator's CPU time is measured apart "
+                                      "(client_cpu_share) and never charged to it"),
+    }
+
+
+def _measure_level(config: ServeConfig, level: Level, server: Server, client: Client, meter: EnergyMeter,
+                   workload: Workload, parent_id: str, base_tags: dict[str, str],
+                   params: dict[str, Any]) -> LevelResult:
+    from tracker.recording.lifecycle import recorded_run
+
+    tags = base_tags | {"mlflow.parentRunId": parent_id, "tracker.serve.level": level.name}
+    level_params = params | {"concurrency": level.concurrency if level.concurrency is not None else "",
+                             "request_rate": level.rate if level.rate is not None else ""}
+    level_params = {k: v for k, v in level_params.items() if v != ""}
+    with recorded_run(experiment=config.experiment, run_name=f"{_short(server.model)} · {level.name}",
+                      tags=tags) as recorder:
+        recorder.log(params=level_params)
+        first_reading = len(meter.readings)
+        load = Load(client, workload.prompts, level, seed=config.seed)
+        windows: list[WindowFigures] = []
+        try:
+            _run_windows(config, level, server, meter, load, windows, phase=level.slug)
+            metrics = level_figures(load.records, windows, slo_ttft_ms=config.slo_ttft_ms,
+                                    slo_tpot_ms=config.slo_tpot_ms)
+            if config.prefill_split:
+                metrics.update(_prefill_split(config, level, server, client, meter, workload, metrics))
+            metrics.update(_quality(config, workload, load.records, windows))
+        except BaseException as err:
+            # The energy measured so far, also of the window the fault cut short, is logged before the
+            # run ends FAILED or KILLED (recorded_run); ServerLost says the server died.
+            windows = _windows_of(meter.readings[first_reading:], windows)
+            partial = level_figures(load.records, windows, slo_ttft_ms=config.slo_ttft_ms,
+                                    slo_tpot_ms=config.slo_tpot_ms)
+            recorder.log(metrics=_loggable(partial), tags=_measurement_tags(meter, first_reading) | {
+                "tracker.run.partial": f"stopped after {len(windows)} of {config.windows} window(s): {err}"[:5000]})
+            recorder.log_text(_requests_csv(load.records), "requests.csv")
+            raise
+        feasible = meets_targets(metrics, slo_ttft_ms=config.slo_ttft_ms, slo_tpot_ms=config.slo_tpot_ms)
+        recorder.log(metrics=_loggable(metrics), tags=_measurement_tags(meter, first_reading) | {
+            "tracker.serve.keeps_targets": str(feasible).lower()})
+        recorder.log_text(_requests_csv(load.records), "requests.csv")
+        records = meter.records_csv(meter.readings[first_reading:])
+        if records:
+            recorder.log_text(records, "codecarbon/emissions.csv")
+        per_window = [window_counts(load.records, w)["energy_j_per_output_token"] for w in windows]
+        return LevelResult(level, recorder.run_id, metrics, feasible, per_window)
+
+
+def _run_windows(config: ServeConfig, level: Level, server: Server, meter: EnergyMeter, load: Load,
+                 windows: list[WindowFigures], *, phase: str) -> None:
+    """Warm up, then measure ``config.windows`` windows back to back; the load stops at the end."""
+    load.start()
+    finished_ok = False
+    try:
+        warm = max(config.warmup_requests, level.concurrency or 0)
+        _wait_for(load, server, warm, config.request_timeout_s + config.max_window_s,
+                  what=f"{warm} warm-up request(s) to end")
+        for number in range(config.windows):
+            with meter.phase(f"{phase}-w{number + 1}") as reading:
+                start_s = time.perf_counter()
+                base = load.finished_count()
+                while True:
+                    elapsed = time.perf_counter() - start_s
+                    if elapsed >= config.max_window_s:
+                        break
+                    if elapsed >= config.min_window_s and load.finished_count() - base >= config.min_window_requests:
+                        break
+                    _check_server(server)
+                    load.wait_finished(base + config.min_window_requests,
+                                       timeout_s=max(0.0, min(POLL_S, config.min_window_s - elapsed)) or POLL_S)
+                end_s = time.perf_counter()
+            windows.append(_window(reading, start_s, end_s))
+        finished_ok = True
+    finally:
+        drained = load.stop(config.request_timeout_s + 5 if finished_ok else DRAIN_ON_ERROR_S)
+        if finished_ok and not drained:
+            logger.warning("requests of %s still in flight %g s after the load stopped", level.name,
+                           config.request_timeout_s + 5)
+
+
+def _wait_for(load: Load, server: Server, count: int, timeout_s: float, *, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not load.wait_finished(count, timeout_s=POLL_S):
+        _check_server(server)
+        if time.monotonic() > deadline:
+            raise ServerError(f"the server did not let {what} within {timeout_s:g} s "
+                              f"({load.finished_count()} ended); raise --request-timeout-s, or check the server")
+    failed = [r for r in load.records if not r.ok]
+    if load.records and len(failed) == len(load.records):
+        _check_server(server)
+        raise ServerError(f"every warm-up request failed ({failed[-1].outcome}: {failed[-1].detail.strip()[:200]})")
+
+
+def _check_server(server: Server) -> None:
+    if not server.alive():
+        code = server.launched.poll() if server.launched is not None else None
+        detail = f" (exit code {code})" if code is not None else ""
+        log = f"; its log: {server.log_path}" if server.log_path else ""
+        raise ServerLost(f"the server (process {server.pid}) ended during the measurement{detail}{log}")
+
+
+def _window(reading: PhaseReading, start_s: float, end_s: float) -> WindowFigures:
+    window = reading.window
+    nan = math.nan
+    return WindowFigures(start_s=start_s, end_s=end_s, energy=reading.energy, machine=reading.seen,
+                         server_cpu_s=window.own_cpu_s if window else nan,
+                         client_cpu_s=window.companion_cpu_s if window else nan,
+                         machine_busy_cpu_s=window.machine_busy_cpu_s if window else nan,
+                         contended=reading.contended, reason=reading.reason)
+
+
+def _windows_of(readings: list[PhaseReading], complete: list[WindowFigures]) -> list[WindowFigures]:
+    """The complete windows, and the one a fault cut short (its edges from its own duration)."""
+    if len(readings) <= len(complete):
+        return complete
+    cut = readings[len(complete)]
+    end = time.perf_counter()
+    duration = cut.window.duration_s if cut.window else 0.0
+    return complete + [_window(cut, end - duration, end)]
+
+
+def _prefill_split(config: ServeConfig, level: Level, server: Server, client: Client, meter: EnergyMeter,
+                   workload: Workload, full: dict[str, float]) -> dict[str, float]:
+    """The level again with one output token per request: its energy per input token is prefill's;
+    decode's per output token is the full level's energy less that prefill, over its output tokens."""
+    prompts = [replace(p, max_tokens=1) for p in workload.prompts]
+    load = Load(client, prompts, level, seed=config.seed)
+    windows: list[WindowFigures] = []
+    _run_windows(config, level, server, meter, load, windows, phase=f"{level.slug}-prefill")
+    prefill = level_figures(load.records, windows, slo_ttft_ms=None, slo_tpot_ms=None)
+    per_input = prefill.get("energy_j_per_input_token", math.nan)
+    joules = full.get("energy_kwh", math.nan) * 3.6e6
+    decode = ((joules - per_input * full.get("input_tokens", math.nan)) / full["output_tokens"]
+              if full.get("output_tokens") else math.nan)
+    return {"prefill_energy_j_per_input_token": per_input, "decode_energy_j_per_output_token": decode,
+            "prefill_ttft_ms_p50": prefill.get("ttft_ms_p50", math.nan)}
+
+
+def _quality(config: ServeConfig, workload: Workload, records: list[RequestRecord],
+             windows: list[WindowFigures]) -> dict[str, float]:
+    if not windows:
+        return {}
+    start, end = windows[0].start_s, windows[-1].end_s
+    scored = [r for r in records if r.ok and start <= r.sent_s < end
+              and workload.prompts[r.prompt_index].reference is not None]
+    return score(config, workload, [r.text for r in scored],
+                 [workload.prompts[r.prompt_index].reference for r in scored])
+
+
+def _measurement_tags(meter: EnergyMeter, first: int) -> dict[str, str]:
+    readings = meter.readings[first:]
+    tags = meter.provenance()
+    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
+    tags["tracker.energy.attribution"] = meter.rates().describe().replace("this process tree", "the server's tree")
+    contended = [f"{r.name}: {r.contended}" for r in readings if r.contended]
+    tags["tracker.measurement.contended"] = str(bool(contended)).lower()
+    if contended:
+        tags["tracker.measurement.contended_reason"] = "; ".join(contended)[:5000]
+    unreadable = [f"{r.name}: {r.reason}" for r in readings if r.reason]
+    if unreadable:
+        tags["tracker.energy.unavailable"] = "; ".join(unreadable)[:5000]
+    return tags
+
+
+def _requests_csv(records: list[RequestRecord]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["prompt_index", "sent_s", "ttft_ms", "tpot_ms", "e2e_s", "output_tokens", "input_tokens",
+                     "outcome", "detail"])
+    origin = min((r.sent_s for r in records), default=0.0)
+    for r in sorted(records, key=lambda r: r.sent_s):
+        writer.writerow([r.prompt_index, f"{r.sent_s - origin:.4f}", f"{ttft_ms(r):.2f}", f"{tpot_ms(r):.3f}",
+                         f"{(r.done_s or r.sent_s) - r.sent_s:.4f}", r.tokens,
+                         "" if r.input_tokens is None else r.input_tokens, r.outcome, r.detail[:200]])
+    return out.getvalue()
+
+
+def _loggable(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow takes NaN; it is kept (a figure that could not be taken), infinities are not."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and not math.isinf(v)}
+
+
+def _summarize(config: ServeConfig, results: list[LevelResult]) -> dict[str, Any]:
+    """The level with the lowest carbon per output token among those that keep the latency targets,
+    and its reduction against the first level (concurrency 1 where it was measured) with a 95% interval."""
+    feasible = [r for r in results if r.feasible and not math.isnan(r.metrics.get("emissions_g_per_output_token",
+                                                                                  math.nan))]
+    summary: dict[str, Any] = {"levels": len(results), "levels_within_targets": len(feasible)}
+    if not feasible:
+        return summary
+    best = min(feasible, key=lambda r: r.metrics["emissions_g_per_output_token"])
+    baseline = next((r for r in results if r.level.concurrency == 1), results[0])
+    ratio, low, high = ratio_interval(Spread.of(baseline.per_window_token_j), Spread.of(best.per_window_token_j))
+    ties = [r.level.name for r in feasible if r is not best
+            and Spread.of(r.per_window_token_j).overlaps(Spread.of(best.per_window_token_j))]
+    summary.update(best_level=best.level.name, best_run_id=best.run_id, baseline_level=baseline.level.name,
+                   best_emissions_g_per_output_token=best.metrics["emissions_g_per_output_token"],
+                   best_energy_j_per_output_token=best.metrics["energy_j_per_output_token"],
+                   carbon_reduction_x=ratio, carbon_reduction_x_ci95_low=low, carbon_reduction_x_ci95_high=high,
+                   tie=", ".join(ties) or None)
+    if best.level.concurrency is not None:
+        summary["best_concurrency"] = best.level.concurrency
+    return summary
+
+
+def _log_summary(mlflow: Any, run_id: str, summary: dict[str, Any]) -> None:
+    from mlflow.entities import Metric, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
+    now = get_current_time_millis()
+    metrics = [Metric(k, float(v), now, 0) for k, v in summary.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(v)]
+    tags = [RunTag(f"tracker.serve.{k}", str(v)) for k, v in summary.items() if isinstance(v, str)]
+    if summary.get("tie"):
+        tags.append(RunTag("tracker.serve.tie", f"within the 95% interval of the best: {summary['tie']}"))
+    mlflow.log_batch(run_id, metrics=metrics, tags=tags)
+
+
+def _short(model: str) -> str:
+    return Path(model.rstrip("/")).name or model
+
