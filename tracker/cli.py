@@ -186,10 +186,11 @@ def _serve_bench(args: dict) -> int:
               + ("" if level.feasible else " (misses the latency targets)"))
     s = result.summary
     if "best_level" in s:
+        against = (f"; carbon_reduction_x = {_fmt(s['carbon_reduction_x'])} against {s['baseline_level']} (95% "
+                   f"interval {_fmt(s['carbon_reduction_x_ci95_low'])} to {_fmt(s['carbon_reduction_x_ci95_high'])})"
+                   if s["best_level"] != s["baseline_level"] else "")
         print(f"  lowest carbon per output token within the targets: {s['best_level']} "
-              f"({_fmt(s['best_emissions_g_per_output_token'])} gCO2eq per token); carbon_reduction_x = "
-              f"{_fmt(s['carbon_reduction_x'])} against {s['baseline_level']} (95% interval "
-              f"{_fmt(s['carbon_reduction_x_ci95_low'])} to {_fmt(s['carbon_reduction_x_ci95_high'])})"
+              f"({_fmt(s['best_emissions_g_per_output_token'])} gCO2eq per token){against}"
               + (f"; tied with {s['tie']}" if s.get("tie") else ""))
     else:
         print("  no level kept the latency targets")

@@ -156,6 +156,12 @@ class SystemProbe:
         return CpuTimes(own_s=own, machine_busy_s=busy, machine_total_s=total, children_s=own,
                         living_children=len(seen), companion_s=time.process_time())
 
+    def remember(self) -> None:
+        """Read the measured tree's CPU time now, so that if it dies before the window closes, the
+        time it used up to here is kept (a process that ended cannot be read)."""
+        if self.root_pid is not None:
+            self._other_tree_cpu()
+
     def root_alive(self) -> bool:
         """Whether the measured tree's root process still runs (a zombie does not)."""
         import psutil

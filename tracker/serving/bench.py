@@ -16,7 +16,7 @@ import csv
 import io
 import logging
 import math
-import tempfile
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -70,14 +70,13 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
     workload = load_workload(config)
     with ExitStack() as stack:
         stack.enter_context(interrupts_raise())
-        log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tracker-serve-")))
-        server = _server(config, log_dir)
+        server = _server(config, server_log_dir())
         stack.callback(server.stop)
         client = _client(config, server, workload)
         meter = _meter(server, location)
         stack.callback(meter.close)
         mlflow = MlflowClient()
-        base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload)
+        base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload, config)
         params = config.params() | {"model": server.model, "dataset": workload.dataset}
         parent_id = open_run(mlflow, config.experiment, f"serve · {_short(server.model)} · "
                                                          f"{','.join(lv.slug for lv in config.levels())}",
@@ -94,6 +93,13 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
             summary = _summarize(config, results)
             _log_summary(mlflow, parent_id, summary)
     return ServeResult(parent_id, config.experiment, server.model, results, summary)
+
+
+def server_log_dir() -> Path:
+    """Where a launched server's log is written (kept: an error names it), one folder per launch."""
+    from tracker.loading.builtin import cache_dir
+
+    return cache_dir() / "server-logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def _server(config: ServeConfig, log_dir: Path) -> Server:
@@ -152,8 +158,15 @@ def server_gpus(server: Server) -> list[int]:
         return []
 
 
-def _server_tags(server: Server, client: Client, workload: Workload) -> dict[str, str]:
-    return {
+def _server_tags(server: Server, client: Client, workload: Workload, config: ServeConfig) -> dict[str, str]:
+    tags = {}
+    if workload.sample_data or config.model == BUILTIN_SERVE_MODEL and config.launch is not None:
+        tags["tracker.quality.meaningful"] = "false"
+        tags["tracker.quality.unavailable"] = ("built-in sample data or the built-in tiny model (random weights): "
+                                               "the quality figures mean nothing")
+    elif workload.scored:
+        tags["tracker.quality.meaningful"] = "true"
+    return tags | {
         "tracker.serve.server": server.how,
         "tracker.serve.endpoint": server.endpoint,
         "tracker.serve.output_length": (f"{workload.output_length}; exact, through the server's "
@@ -199,7 +212,8 @@ def _measure_level(config: ServeConfig, level: Level, server: Server, client: Cl
             partial = level_figures(load.records, windows, slo_ttft_ms=config.slo_ttft_ms,
                                     slo_tpot_ms=config.slo_tpot_ms)
             recorder.log(metrics=_loggable(partial), tags=_measurement_tags(meter, first_reading) | {
-                "tracker.run.partial": f"stopped after {len(windows)} of {config.windows} window(s): {err}"[:5000]})
+                "tracker.run.partial": (f"stopped during window {len(windows)} of {config.windows}" if windows
+                                        else "stopped before the first window") + f": {err}"[:5000]})
             recorder.log_text(_requests_csv(load.records), "requests.csv")
             raise
         feasible = meets_targets(metrics, slo_ttft_ms=config.slo_ttft_ms, slo_tpot_ms=config.slo_tpot_ms)
@@ -228,13 +242,14 @@ def _run_windows(config: ServeConfig, level: Level, server: Server, meter: Energ
                 base = load.finished_count()
                 while True:
                     elapsed = time.perf_counter() - start_s
-                    if elapsed >= config.max_window_s:
+                    enough = load.finished_count() - base >= config.min_window_requests
+                    if elapsed >= config.max_window_s or (enough and elapsed >= config.min_window_s):
                         break
-                    if elapsed >= config.min_window_s and load.finished_count() - base >= config.min_window_requests:
-                        break
-                    _check_server(server)
-                    load.wait_finished(base + config.min_window_requests,
-                                       timeout_s=max(0.0, min(POLL_S, config.min_window_s - elapsed)) or POLL_S)
+                    _check_server(server, meter.probe)
+                    if enough:  # only the window's length is left to wait for
+                        time.sleep(min(POLL_S, config.min_window_s - elapsed))
+                    else:
+                        load.wait_finished(base + config.min_window_requests, timeout_s=POLL_S)
                 end_s = time.perf_counter()
             windows.append(_window(reading, start_s, end_s))
         finished_ok = True
@@ -258,11 +273,14 @@ def _wait_for(load: Load, server: Server, count: int, timeout_s: float, *, what:
         raise ServerError(f"every warm-up request failed ({failed[-1].outcome}: {failed[-1].detail.strip()[:200]})")
 
 
-def _check_server(server: Server) -> None:
+def _check_server(server: Server, probe: Any = None) -> None:
+    """Raise ServerLost once the server's process has ended; first, ``probe`` reads its CPU time."""
+    if probe is not None:
+        probe.remember()
     if not server.alive():
         code = server.launched.poll() if server.launched is not None else None
         detail = f" (exit code {code})" if code is not None else ""
-        log = f"; its log: {server.log_path}" if server.log_path else ""
+        log = f"; its log: {server.log_path} (also the sweep run's artifact server/server.log)" if server.log_path else ""
         raise ServerLost(f"the server (process {server.pid}) ended during the measurement{detail}{log}")
 
 

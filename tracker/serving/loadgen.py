@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 logger = logging.getLogger(__name__)
 
 Api = Literal["completions", "chat"]
+CONNECTION_BACKOFF_S = 0.05
 # How a request asks for exactly ``max_tokens`` output tokens: servers differ, so it is probed.
 LENGTH_DIALECTS: dict[str, Callable[[int], dict[str, Any]]] = {
     "vllm": lambda n: {"min_tokens": n, "ignore_eos": True},  # vLLM, SGLang
@@ -252,7 +253,7 @@ class Load:
         with self._lock:
             return next(self._order)
 
-    def _one(self, index: int) -> None:
+    def _one(self, index: int) -> str:
         try:
             record = self.client.send(self.prompts[index], index)
         except Exception as err:  # a bug in the client must show as a failed request, not a hung level
@@ -262,12 +263,14 @@ class Load:
             self.in_flight -= 1
             self.records.append(record)
             self._changed.notify_all()
+        return record.outcome
 
     def _closed_loop_user(self) -> None:
         while not self._stop.is_set():
             with self._lock:
                 self.in_flight += 1
-            self._one(self._next_prompt())
+            if self._one(self._next_prompt()) == "connection":
+                self._stop.wait(CONNECTION_BACKOFF_S)  # a server that is gone is not hammered
 
     def _open_loop_arrivals(self) -> None:
         rate = float(self.level.rate or 1.0)

@@ -158,6 +158,9 @@ def attach(endpoint: str, server_pid: int | None = None) -> Server:
         if not psutil.pid_exists(server_pid):
             raise ServerError(f"--server-pid {server_pid}: no such process")
         tree = _tree(server_pid)
+        if os.getpid() in tree:
+            raise ServerError(f"--server-pid {server_pid} is serve-bench's own process or one above it (a shell?): "
+                              "its tree holds the load generator; pass the server's process id")
         if listener is not None and listener not in tree:
             raise ServerError(f"--server-pid {server_pid} is not the server at {endpoint}: port {port} is "
                               f"listened on by process {listener}; pass that one, or leave --server-pid out")
@@ -240,7 +243,8 @@ def launch(template: str, *, model: str, log_dir: Path, host: str = "127.0.0.1",
                 break
             if time.monotonic() > deadline:
                 raise ServerError(f"the launched server did not answer GET {endpoint}/v1/models within "
-                                  f"{startup_timeout_s:g} s (--startup-timeout-s); its log: {log_path}")
+                                  f"{startup_timeout_s:g} s (--startup-timeout-s; it answered HTTP {status or 'nothing'}); "
+                                  f"its log: {log_path} ({_last_line(log_path)})")
             time.sleep(0.25)  # a poll interval: the server gives no event to wait on
         model_id = served_model(endpoint)
     except BaseException:

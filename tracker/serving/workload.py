@@ -20,6 +20,7 @@ class Workload:
     source: str  # where the prompts came from, for the provenance tag
     scored: bool  # whether outputs are scored as the task scores them
     output_length: str  # how the requested output length was chosen
+    sample_data: bool = False  # the built-in sample data: its quality figures mean nothing
 
 
 def load_workload(config: Any) -> Workload:
@@ -67,7 +68,8 @@ def _task_dataset(config: Any) -> Workload:
     source = f"{loaded.source}: {loaded.location}"
     if loaded.fallback_reason:
         source += f" ({loaded.fallback_reason})"
-    return Workload(prompts, loaded.name, source, scored=True, output_length=_length_how(config))
+    return Workload(prompts, loaded.name, source, scored=True, output_length=_length_how(config),
+                    sample_data=loaded.source == "builtin")
 
 
 def _is_sharegpt(path: Path) -> bool:
