@@ -316,3 +316,24 @@ def test_sharegpt_conversations_give_prompts_with_their_answers_length(tmp_path)
     assert [p.text for p in workload.prompts] == ["Tell me about bees", "Hi"]
     assert [p.max_tokens for p in workload.prompts] == [8, 1]  # 6 words x 4/3; an empty answer: 1
     assert not workload.scored and "ShareGPT" in workload.source
+
+
+@pytest.mark.slow
+def test_a_grid_of_launch_settings_is_searched_and_a_setting_that_cannot_start_bounds_it(cli, client):
+    """--server-setting NAME=A|B launches a server per value and sweeps each; the best level within
+    the targets is named with its settings; a value the server refuses is a FAILED run, not the end."""
+    launch = f"{FAKE} {{port}} {{extra}}"
+    code, out, err = cli("serve-bench", "--launch", launch, "--server-setting", "extra=--fail-every 50|--bogus",
+                         "--concurrency", "1,2", "--output-tokens", "6", *QUICK)
+    assert code == 0, err
+    runs = [r for r in all_runs(client) if "tracker.serve.sweep" not in r.data.tags]
+    by_status = sorted((r.info.status, r.data.params.get("server.extra"), r.data.params.get("concurrency"))
+                       for r in runs)
+    assert by_status == [("FAILED", "--bogus", None), ("FINISHED", "--fail-every 50", "1"),
+                         ("FINISHED", "--fail-every 50", "2")]
+    failed = next(r for r in runs if r.info.status == "FAILED")
+    # The reason names the log's last line: what the server said when it refused the setting.
+    assert "exited with code 2" in failed.data.tags["tracker.error"]
+    assert "unrecognized arguments: --bogus" in failed.data.tags["tracker.error"]
+    parent = parent_run(client)
+    assert parent.data.tags["tracker.serve.best_settings"] == "extra=--fail-every 50"

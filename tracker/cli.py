@@ -179,7 +179,7 @@ def _serve_bench(args: dict) -> int:
     print(f"serve-bench {result.parent_run_id} FINISHED in experiment '{result.experiment}': {result.model}")
     for level in result.levels:
         m = level.metrics
-        print(f"  {level.level.name}: {_fmt(m.get('energy_j_per_output_token'))} J per output token, "
+        print(f"  {level.name}: {_fmt(m.get('energy_j_per_output_token'))} J per output token, "
               f"{_fmt(m.get('energy_j_per_request'))} J per request, {_fmt(m.get('output_tokens_per_s'))} tokens/s, "
               f"TTFT p90 {_fmt(m.get('ttft_ms_p90'))} ms, TPOT p90 {_fmt(m.get('tpot_ms_p90'))} ms, "
               f"{int(m.get('requests_failed', 0))} failed"

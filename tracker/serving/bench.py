@@ -45,6 +45,11 @@ class LevelResult:
     metrics: dict[str, float]
     feasible: bool  # keeps the latency targets
     per_window_token_j: list[float] = field(default_factory=list)
+    settings: dict[str, str] = field(default_factory=dict)  # the launch settings of its server
+
+    @property
+    def name(self) -> str:
+        return self.level.name + (f" ({_slug(self.settings)})" if self.settings else "")
 
 
 @dataclass
@@ -60,7 +65,7 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
     from mlflow import MlflowClient
 
     from tracker.measurement.carbon import resolve_location
-    from tracker.recording.lifecycle import open_run, resumed_run
+    from tracker.recording.lifecycle import failed_run, open_run, resumed_run
     from tracker.recording.provenance import version_tags
     from tracker.recording.signals import interrupts_raise
     from tracker.recording.store import check_tracking_server
@@ -68,31 +73,59 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
     check_tracking_server()
     location = resolve_location(config.country, config.carbon_intensity)
     workload = load_workload(config)
-    with ExitStack() as stack:
-        stack.enter_context(interrupts_raise())
-        server = _server(config, server_log_dir())
-        stack.callback(server.stop)
-        client = _client(config, server, workload)
-        meter = _meter(server, location)
-        stack.callback(meter.close)
-        mlflow = MlflowClient()
-        base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload, config)
-        params = config.params() | {"model": server.model, "dataset": workload.dataset}
-        parent_id = open_run(mlflow, config.experiment, f"serve · {_short(server.model)} · "
-                                                         f"{','.join(lv.slug for lv in config.levels())}",
-                             base_tags | {"tracker.serve.sweep": "true"}, params)
-        results: list[LevelResult] = []
-        with resumed_run(mlflow, parent_id):
-            try:
-                for level in config.levels():
-                    results.append(_measure_level(config, level, server, client, meter, workload, parent_id,
-                                                  base_tags, params))
-            finally:
-                if server.log_path is not None and server.log_path.exists():
-                    mlflow.log_artifact(parent_id, str(server.log_path), "server")
-            summary = _summarize(config, results)
-            _log_summary(mlflow, parent_id, summary)
-    return ServeResult(parent_id, config.experiment, server.model, results, summary)
+    mlflow = MlflowClient()
+    log_root = server_log_dir()
+    results: list[LevelResult] = []
+    parent_id: str | None = None
+    model = ""
+    with ExitStack() as sweep:
+        sweep.enter_context(interrupts_raise())
+        for number, settings in enumerate(config.setting_grid()):
+            log_dir = log_root / _slug(settings) if settings else log_root
+            with ExitStack() as one_server:
+                try:
+                    server = _server(config, log_dir, settings)
+                except ServerError as err:
+                    if parent_id is None:
+                        raise  # nothing measured yet: the one line is the answer
+                    # A setting the server cannot start with bounds the search; the others go on.
+                    failed_run(mlflow, config.experiment, f"{_short(model)} · {_slug(settings)}",
+                               {"mlflow.parentRunId": parent_id, "tracker.serve.settings": _slug(settings)},
+                               {f"server.{k}": v for k, v in settings.items()}, str(err))
+                    logger.warning("settings %s: %s", _slug(settings), err)
+                    continue
+                one_server.callback(server.stop)
+                client = _client(config, server, workload)
+                meter = _meter(server, location)
+                one_server.callback(meter.close)
+                base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload, config)
+                params = config.params() | {"model": server.model, "dataset": workload.dataset}
+                if parent_id is None:
+                    model = server.model
+                    parent_id = open_run(mlflow, config.experiment, _sweep_name(config, model),
+                                         base_tags | {"tracker.serve.sweep": "true"}, params)
+                    sweep.enter_context(resumed_run(mlflow, parent_id))
+                try:
+                    for level in config.levels():
+                        results.append(_measure_level(config, level, server, client, meter, workload, parent_id,
+                                                      base_tags, params, settings))
+                finally:
+                    if server.log_path is not None and server.log_path.exists():
+                        folder = f"server/{_slug(settings)}" if settings else "server"
+                        mlflow.log_artifact(parent_id, str(server.log_path), folder)
+        summary = _summarize(config, results)
+        _log_summary(mlflow, parent_id, summary)
+    return ServeResult(parent_id, config.experiment, model, results, summary)
+
+
+def _slug(settings: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in settings.items())
+
+
+def _sweep_name(config: ServeConfig, model: str) -> str:
+    levels = ",".join(level.slug for level in config.levels())
+    grid = len(config.setting_grid())
+    return f"serve · {_short(model)} · {levels}" + (f" · {grid} settings" if grid > 1 else "")
 
 
 def server_log_dir() -> Path:
@@ -102,7 +135,7 @@ def server_log_dir() -> Path:
     return cache_dir() / "server-logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
-def _server(config: ServeConfig, log_dir: Path) -> Server:
+def _server(config: ServeConfig, log_dir: Path, settings: dict[str, str]) -> Server:
     if config.endpoint is not None:
         return attach(config.endpoint, config.server_pid)
     model = config.model
@@ -110,7 +143,7 @@ def _server(config: ServeConfig, log_dir: Path) -> Server:
         from tracker.sources.models import builtin_multipurpose
 
         model = builtin_multipurpose(BUILTIN_SERVE_MODEL).location
-    return launch(config.launch or "", model=model, log_dir=log_dir, settings=config.settings(),
+    return launch(config.launch or "", model=model, log_dir=log_dir, settings=settings,
                   startup_timeout_s=config.startup_timeout_s)
 
 
@@ -184,16 +217,17 @@ def _server_tags(server: Server, client: Client, workload: Workload, config: Ser
 
 
 def _measure_level(config: ServeConfig, level: Level, server: Server, client: Client, meter: EnergyMeter,
-                   workload: Workload, parent_id: str, base_tags: dict[str, str],
-                   params: dict[str, Any]) -> LevelResult:
+                   workload: Workload, parent_id: str, base_tags: dict[str, str], params: dict[str, Any],
+                   settings: dict[str, str]) -> LevelResult:
     from tracker.recording.lifecycle import recorded_run
 
     tags = base_tags | {"mlflow.parentRunId": parent_id, "tracker.serve.level": level.name}
-    level_params = params | {"concurrency": level.concurrency if level.concurrency is not None else "",
-                             "request_rate": level.rate if level.rate is not None else ""}
-    level_params = {k: v for k, v in level_params.items() if v != ""}
-    with recorded_run(experiment=config.experiment, run_name=f"{_short(server.model)} · {level.name}",
-                      tags=tags) as recorder:
+    if settings:
+        tags["tracker.serve.settings"] = _slug(settings)
+    level_params = params | {f"server.{k}": v for k, v in settings.items()}
+    level_params |= {"concurrency": level.concurrency} if level.concurrency is not None else {"request_rate": level.rate}
+    name = f"{_short(server.model)} · {level.name}" + (f" · {_slug(settings)}" if settings else "")
+    with recorded_run(experiment=config.experiment, run_name=name, tags=tags) as recorder:
         recorder.log(params=level_params)
         first_reading = len(meter.readings)
         load = Load(client, workload.prompts, level, seed=config.seed)
@@ -224,7 +258,7 @@ def _measure_level(config: ServeConfig, level: Level, server: Server, client: Cl
         if records:
             recorder.log_text(records, "codecarbon/emissions.csv")
         per_window = [window_counts(load.records, w)["energy_j_per_output_token"] for w in windows]
-        return LevelResult(level, recorder.run_id, metrics, feasible, per_window)
+        return LevelResult(level, recorder.run_id, metrics, feasible, per_window, settings)
 
 
 def _run_windows(config: ServeConfig, level: Level, server: Server, meter: EnergyMeter, load: Load,
@@ -374,11 +408,15 @@ def _summarize(config: ServeConfig, results: list[LevelResult]) -> dict[str, Any
     if not feasible:
         return summary
     best = min(feasible, key=lambda r: r.metrics["emissions_g_per_output_token"])
-    baseline = next((r for r in results if r.level.concurrency == 1), results[0])
+    # The baseline: concurrency 1 of the first settings (one request at a time, as a batch loop of 1).
+    first = [r for r in results if r.settings == results[0].settings]
+    baseline = next((r for r in first if r.level.concurrency == 1), first[0])
     ratio, low, high = ratio_interval(Spread.of(baseline.per_window_token_j), Spread.of(best.per_window_token_j))
-    ties = [r.level.name for r in feasible if r is not best
+    ties = [r.name for r in feasible if r is not best
             and Spread.of(r.per_window_token_j).overlaps(Spread.of(best.per_window_token_j))]
-    summary.update(best_level=best.level.name, best_run_id=best.run_id, baseline_level=baseline.level.name,
+    if best.settings:
+        summary["best_settings"] = _slug(best.settings)
+    summary.update(best_level=best.name, best_run_id=best.run_id, baseline_level=baseline.name,
                    best_emissions_g_per_output_token=best.metrics["emissions_g_per_output_token"],
                    best_energy_j_per_output_token=best.metrics["energy_j_per_output_token"],
                    carbon_reduction_x=ratio, carbon_reduction_x_ci95_low=low, carbon_reduction_x_ci95_high=high,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,8 @@ class ServeConfig:
                                                     "the port cannot be seen (checked against it when it can)")
     server_setting: tuple[str, ...] = option((), param="never",
                                              help="NAME=VALUE pairs (comma-separated) filled into --launch's "
-                                                  "{NAME}, logged as params")
+                                                  "{NAME}, logged as params; NAME=A|B|C searches the values: "
+                                                  "a server is launched for each combination and swept")
     task: str = option("summarization", param="always",
                        help="the task whose prompts are sent and scored as it scores them (default summarization)")
     dataset: str | None = option(param="always",
@@ -129,14 +131,15 @@ class ServeConfig:
             raise ConfigError("--concurrency needs at least one level, e.g. 1,4,16")
         return [Level(concurrency=integer("concurrency", text, 1)) for text in self.concurrency]
 
-    def settings(self) -> dict[str, str]:
-        """--server-setting as a mapping; each NAME must appear in --launch as {NAME}."""
+    def settings(self) -> dict[str, tuple[str, ...]]:
+        """--server-setting as NAME -> its values (one, or the alternatives of NAME=A|B); each NAME
+        must appear in --launch as {NAME}."""
         settings = {}
         for pair in self.server_setting:
             name, sep, value = pair.partition("=")
             if not sep or not name.strip():
-                raise ConfigError(f"--server-setting takes NAME=VALUE, got '{pair}'")
-            settings[name.strip()] = value.strip()
+                raise ConfigError(f"--server-setting takes NAME=VALUE (or NAME=A|B to search), got '{pair}'")
+            settings[name.strip()] = tuple(v.strip() for v in value.split("|"))
         if settings and self.launch is None:
             raise ConfigError("--server-setting fills --launch's template: it goes with --launch")
         for name in settings:
@@ -144,7 +147,14 @@ class ServeConfig:
                 raise ConfigError(f"--server-setting {name}: --launch has no {{{name}}} to fill")
         return settings
 
+    def setting_grid(self) -> list[dict[str, str]]:
+        """Every combination of the settings' values, in the order given ([{}] without settings)."""
+        settings = self.settings()
+        return [dict(zip(settings, values, strict=True)) for values in itertools.product(*settings.values())]
+
     def params(self) -> dict[str, Any]:
         params = counted(self, "param")
-        params.update({f"server.{k}": v for k, v in self.settings().items()})
+        if self.request_rate:  # open-loop levels: the concurrency's default is not what ran
+            params.pop("concurrency")
+        params.update({f"server.{k}": "|".join(v) for k, v in self.settings().items()})
         return {k: ",".join(v) if isinstance(v, tuple) else v for k, v in params.items() if v not in ((), None)}
