@@ -337,3 +337,55 @@ def test_a_grid_of_launch_settings_is_searched_and_a_setting_that_cannot_start_b
     assert "unrecognized arguments: --bogus" in failed.data.tags["tracker.error"]
     parent = parent_run(client)
     assert parent.data.tags["tracker.serve.best_settings"] == "extra=--fail-every 50"
+
+
+def simulate_search(cost, feasible, limit: int = 256) -> tuple[list[int], int | None]:
+    """The concurrencies `--concurrency auto` measures against a server whose J/token at c is
+    ``cost(c)`` (windows 1% either side) and which keeps the targets where ``feasible(c)``."""
+    from tracker.serving.config import ServeConfig
+    from tracker.serving.levels import LevelResult, best_of, level_plan
+
+    config = ServeConfig.parse(launch="x", concurrency="auto", max_concurrency=limit)
+    measured: list[LevelResult] = []
+    for level in level_plan(config, measured):
+        c = level.concurrency
+        j = cost(c)
+        measured.append(LevelResult(level, f"run{c}", {"emissions_g_per_output_token": j * 1e-4,
+                                                       "energy_j_per_output_token": j},
+                                    feasible(c), [j * 0.99, j * 1.01]))
+    best = best_of(measured)
+    return [r.level.concurrency for r in measured], best.level.concurrency if best else None
+
+
+@pytest.mark.parametrize("shape", ["falls_until_latency_breaks", "u_shaped", "rises", "flat", "never_feasible"])
+def test_the_concurrency_search_finds_the_cheapest_level_within_the_targets(shape):
+    cost, feasible, best = {
+        # Batching amortizes the weights until the latency target breaks above 24 users.
+        "falls_until_latency_breaks": (lambda c: 1 / c, lambda c: c <= 24, 24),
+        # Memory bandwidth or padding: cheapest at 6 users, dearer on both sides.
+        "u_shaped": (lambda c: (c - 6) ** 2 + 10, lambda c: True, 6),
+        "rises": (lambda c: c, lambda c: True, 1),
+        "flat": (lambda c: 5.0, lambda c: True, None),  # any: within the noise
+        "never_feasible": (lambda c: 1 / c, lambda c: False, None),
+    }[shape]
+    tried, found = simulate_search(cost, feasible)
+    assert tried[0] == 1 and len(tried) == len(set(tried)) and len(tried) <= 16, tried
+    if shape == "never_feasible":
+        assert found is None and tried == [1]
+    elif shape == "flat":
+        assert found in tried and len(tried) <= 4, tried  # two misses in a row end the doubling
+    else:
+        assert found == best, tried
+
+
+@pytest.mark.slow
+def test_concurrency_auto_searches_a_real_server_and_names_its_best(cli, client):
+    code, out, err = cli("serve-bench", "--launch", f"{FAKE} {{port}}", "--concurrency", "auto",
+                         "--max-concurrency", "4", "--output-tokens", "6", *QUICK)
+    assert code == 0, err
+    runs = level_runs(client)
+    tried = sorted(int(r.data.params["concurrency"]) for r in runs)
+    assert tried[0] == 1 and set(tried) <= {1, 2, 3, 4} and len(tried) >= 2, tried
+    parent = parent_run(client)
+    assert int(parent.data.metrics["best_concurrency"]) in tried
+    assert parent.data.params["concurrency"] == "auto"

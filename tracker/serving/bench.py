@@ -19,15 +19,14 @@ import math
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tracker.measurement.meter import EnergyMeter, PhaseReading
-from tracker.measurement.stats import Spread, ratio_interval
 from tracker.serving.config import BUILTIN_SERVE_MODEL, ServeConfig
-from tracker.serving.figures import (WindowFigures, level_figures, meets_targets, tpot_ms, ttft_ms,
-                                     window_counts)
+from tracker.serving.figures import WindowFigures, level_figures, meets_targets, tpot_ms, ttft_ms, window_counts
+from tracker.serving.levels import LevelResult, level_plan, settings_slug, summarize
 from tracker.serving.loadgen import Client, Level, Load, Prompt, RequestRecord, choose_length_dialect
 from tracker.serving.server import Server, ServerError, ServerLost, attach, launch
 from tracker.serving.workload import Workload, load_workload, score
@@ -36,20 +35,6 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2  # how often a window checks that the server lives and whether it may end
 DRAIN_ON_ERROR_S = 2.0
-
-
-@dataclass
-class LevelResult:
-    level: Level
-    run_id: str
-    metrics: dict[str, float]
-    feasible: bool  # keeps the latency targets
-    per_window_token_j: list[float] = field(default_factory=list)
-    settings: dict[str, str] = field(default_factory=dict)  # the launch settings of its server
-
-    @property
-    def name(self) -> str:
-        return self.level.name + (f" ({_slug(self.settings)})" if self.settings else "")
 
 
 @dataclass
@@ -81,7 +66,7 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
     with ExitStack() as sweep:
         sweep.enter_context(interrupts_raise())
         for number, settings in enumerate(config.setting_grid()):
-            log_dir = log_root / _slug(settings) if settings else log_root
+            log_dir = log_root / settings_slug(settings) if settings else log_root
             with ExitStack() as one_server:
                 try:
                     server = _server(config, log_dir, settings)
@@ -89,10 +74,10 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
                     if parent_id is None:
                         raise  # nothing measured yet: the one line is the answer
                     # A setting the server cannot start with bounds the search; the others go on.
-                    failed_run(mlflow, config.experiment, f"{_short(model)} · {_slug(settings)}",
-                               {"mlflow.parentRunId": parent_id, "tracker.serve.settings": _slug(settings)},
+                    failed_run(mlflow, config.experiment, f"{_short(model)} · {settings_slug(settings)}",
+                               {"mlflow.parentRunId": parent_id, "tracker.serve.settings": settings_slug(settings)},
                                {f"server.{k}": v for k, v in settings.items()}, str(err))
-                    logger.warning("settings %s: %s", _slug(settings), err)
+                    logger.warning("settings %s: %s", settings_slug(settings), err)
                     continue
                 one_server.callback(server.stop)
                 client = _client(config, server, workload)
@@ -106,24 +91,22 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
                                          base_tags | {"tracker.serve.sweep": "true"}, params)
                     sweep.enter_context(resumed_run(mlflow, parent_id))
                 try:
-                    for level in config.levels():
-                        results.append(_measure_level(config, level, server, client, meter, workload, parent_id,
+                    measured: list[LevelResult] = []
+                    for level in level_plan(config, measured):
+                        measured.append(_measure_level(config, level, server, client, meter, workload, parent_id,
                                                       base_tags, params, settings))
+                    results.extend(measured)
                 finally:
                     if server.log_path is not None and server.log_path.exists():
-                        folder = f"server/{_slug(settings)}" if settings else "server"
+                        folder = f"server/{settings_slug(settings)}" if settings else "server"
                         mlflow.log_artifact(parent_id, str(server.log_path), folder)
-        summary = _summarize(config, results)
+        summary = summarize(results)
         _log_summary(mlflow, parent_id, summary)
     return ServeResult(parent_id, config.experiment, model, results, summary)
 
 
-def _slug(settings: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in settings.items())
-
-
 def _sweep_name(config: ServeConfig, model: str) -> str:
-    levels = ",".join(level.slug for level in config.levels())
+    levels = ",".join(level.slug for level in config.levels()) or "auto"
     grid = len(config.setting_grid())
     return f"serve · {_short(model)} · {levels}" + (f" · {grid} settings" if grid > 1 else "")
 
@@ -223,10 +206,10 @@ def _measure_level(config: ServeConfig, level: Level, server: Server, client: Cl
 
     tags = base_tags | {"mlflow.parentRunId": parent_id, "tracker.serve.level": level.name}
     if settings:
-        tags["tracker.serve.settings"] = _slug(settings)
+        tags["tracker.serve.settings"] = settings_slug(settings)
     level_params = params | {f"server.{k}": v for k, v in settings.items()}
     level_params |= {"concurrency": level.concurrency} if level.concurrency is not None else {"request_rate": level.rate}
-    name = f"{_short(server.model)} · {level.name}" + (f" · {_slug(settings)}" if settings else "")
+    name = f"{_short(server.model)} · {level.name}" + (f" · {settings_slug(settings)}" if settings else "")
     with recorded_run(experiment=config.experiment, run_name=name, tags=tags) as recorder:
         recorder.log(params=level_params)
         first_reading = len(meter.readings)
@@ -397,33 +380,6 @@ def _requests_csv(records: list[RequestRecord]) -> str:
 def _loggable(metrics: dict[str, float]) -> dict[str, float]:
     """MLflow takes NaN; it is kept (a figure that could not be taken), infinities are not."""
     return {k: float(v) for k, v in metrics.items() if v is not None and not math.isinf(v)}
-
-
-def _summarize(config: ServeConfig, results: list[LevelResult]) -> dict[str, Any]:
-    """The level with the lowest carbon per output token among those that keep the latency targets,
-    and its reduction against the first level (concurrency 1 where it was measured) with a 95% interval."""
-    feasible = [r for r in results if r.feasible and not math.isnan(r.metrics.get("emissions_g_per_output_token",
-                                                                                  math.nan))]
-    summary: dict[str, Any] = {"levels": len(results), "levels_within_targets": len(feasible)}
-    if not feasible:
-        return summary
-    best = min(feasible, key=lambda r: r.metrics["emissions_g_per_output_token"])
-    # The baseline: concurrency 1 of the first settings (one request at a time, as a batch loop of 1).
-    first = [r for r in results if r.settings == results[0].settings]
-    baseline = next((r for r in first if r.level.concurrency == 1), first[0])
-    ratio, low, high = ratio_interval(Spread.of(baseline.per_window_token_j), Spread.of(best.per_window_token_j))
-    ties = [r.name for r in feasible if r is not best
-            and Spread.of(r.per_window_token_j).overlaps(Spread.of(best.per_window_token_j))]
-    if best.settings:
-        summary["best_settings"] = _slug(best.settings)
-    summary.update(best_level=best.name, best_run_id=best.run_id, baseline_level=baseline.name,
-                   best_emissions_g_per_output_token=best.metrics["emissions_g_per_output_token"],
-                   best_energy_j_per_output_token=best.metrics["energy_j_per_output_token"],
-                   carbon_reduction_x=ratio, carbon_reduction_x_ci95_low=low, carbon_reduction_x_ci95_high=high,
-                   tie=", ".join(ties) or None)
-    if best.level.concurrency is not None:
-        summary["best_concurrency"] = best.level.concurrency
-    return summary
 
 
 def _log_summary(mlflow: Any, run_id: str, summary: dict[str, Any]) -> None:

@@ -45,7 +45,10 @@ class ServeConfig:
     api: str = option("completions", param="always", help="completions or chat (default completions)")
     concurrency: tuple[str, ...] = option(("1", "4", "16"), param="always",
                                           help="closed-loop levels: users each with one request in flight "
-                                               "(default 1,4,16)")
+                                               "(default 1,4,16), or auto: search for the concurrency with the "
+                                               "lowest carbon per token within the latency targets")
+    max_concurrency: int = option(256, minimum=1, param="when_set",
+                                  help="the highest concurrency --concurrency auto tries (default 256)")
     request_rate: tuple[str, ...] = option((), param="always",
                                            help="open-loop levels instead: Poisson arrivals per second, e.g. 2,8")
     warmup_requests: int = option(4, minimum=0, param="always",
@@ -128,8 +131,19 @@ class ServeConfig:
                 rates.append(Level(rate=rate))
             return rates
         if not self.concurrency:
-            raise ConfigError("--concurrency needs at least one level, e.g. 1,4,16")
+            raise ConfigError("--concurrency needs at least one level, e.g. 1,4,16, or auto")
+        if self.searches_concurrency:
+            return []  # chosen as the search goes (tracker.serving.search)
         return [Level(concurrency=integer("concurrency", text, 1)) for text in self.concurrency]
+
+    @property
+    def searches_concurrency(self) -> bool:
+        if "auto" not in self.concurrency:
+            return False
+        if len(self.concurrency) > 1 or self.request_rate:
+            raise ConfigError("--concurrency auto searches the levels itself: give it alone, without other levels "
+                              "or --request-rate")
+        return True
 
     def settings(self) -> dict[str, tuple[str, ...]]:
         """--server-setting as NAME -> its values (one, or the alternatives of NAME=A|B); each NAME

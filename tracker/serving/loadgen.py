@@ -116,7 +116,7 @@ class Client:
                 record.detail = response.read(2000).decode(errors="replace")
                 return record
             self._read_stream(response, record, deadline)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             record.outcome, record.detail = "timeout", f"no answer within {self.timeout_s:g} s"
         except (OSError, http.client.HTTPException) as err:
             record.outcome, record.detail = "connection", f"{type(err).__name__}: {err}"

@@ -84,7 +84,7 @@ def normalized_endpoint(url: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ServerError(f"--endpoint must be an http URL such as http://127.0.0.1:8000, got '{url}'")
-    path = parts.path[:-3] if parts.path.endswith("/v1") else parts.path
+    path = parts.path.removesuffix("/v1")
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
