@@ -18,42 +18,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(model: str, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--continuous-batching", model]
-    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-                               env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"transformers serve exited with {process.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=2):
-                return process, url
-        except OSError:
-            time.sleep(0.5)  # a poll interval: the server gives no event to wait on
-    process.kill()
-    sys.exit(f"transformers serve did not answer within 300 s; see {log}")
 
 
 def main() -> None:
@@ -69,11 +39,15 @@ def main() -> None:
 
     from tracker.api import serve_bench
     from tracker.measurement.stats import Spread, ratio_interval
+    from tracker.serving.server import launch
     from tracker.sources.models import builtin_multipurpose
 
     model = builtin_multipurpose("builtin-tiny-chat").location
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
-    server, url = start_server(model, folder / "server.log")
+    # Started once and attached to by every measurement: the server keeps its warm state across rounds.
+    server = launch("transformers serve --host {host} --port {port} --continuous-batching {model}", model=model,
+                    log_dir=folder)
+    url = server.endpoint
     per_level: dict[int, list[dict[str, float]]] = {1: [], 8: []}
     try:
         for round_number in range(args.rounds):
@@ -90,8 +64,7 @@ def main() -> None:
                       f"client CPU share {metrics['client_cpu_share']:.2f}, "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     token = {users: Spread.of([m["energy_j_per_output_token"] for m in runs]) for users, runs in per_level.items()}
     ratio, low, high = ratio_interval(token[8], token[1])

@@ -4,6 +4,7 @@ that errors, stalls, dies or is not an OpenAI API at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,10 +40,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_models(url: str, process: subprocess.Popen, deadline_s: float) -> None:
+def wait_for_models(url: str, alive, deadline_s: float, log: Path) -> None:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited with {process.returncode}"
+        assert alive(), f"the server exited: {log.read_text()[-2000:]}"
         try:
             with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as response:
                 if response.status == 200:
@@ -63,16 +64,28 @@ def chat_model(builtin_cache: Path) -> str:
 
 @pytest.fixture(scope="session")
 def transformers_server(chat_model: str, tmp_path_factory: pytest.TempPathFactory):
-    """One real `transformers serve` with continuous batching for the session (about 20 s to start)."""
+    """One real `transformers serve` with continuous batching for the session (about 20 s to start).
+
+    Started detached (its starter exits at once), so that it is no child of this test process: a
+    run measured in this process charges its living children's CPU time as its own, and would be
+    charged the server's."""
+    import psutil
+
     port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
+    log = tmp_path_factory.mktemp("serve") / "server.log"
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1", "--port",
                str(port), "--continuous-batching", chat_model]
-    with started(command, env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), stdout=log,
-                 stderr=subprocess.STDOUT) as process:
+    starter = ("import subprocess, sys; log = open(sys.argv[1], 'w'); print(subprocess.Popen(sys.argv[2:], "
+               "stdout=log, stderr=subprocess.STDOUT, start_new_session=True).pid)")
+    pid = int(subprocess.run([sys.executable, "-c", starter, str(log), *command], env=subprocess_env(
+        HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"), capture_output=True, text=True, check=True, timeout=60).stdout)
+    try:
         url = f"http://127.0.0.1:{port}"
-        wait_for_models(url, process, 180)
-        yield url, process.pid
+        wait_for_models(url, lambda: psutil.pid_exists(pid), 180, log)
+        yield url, pid
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def level_runs(client) -> list:
@@ -389,3 +402,45 @@ def test_concurrency_auto_searches_a_real_server_and_names_its_best(cli, client)
     parent = parent_run(client)
     assert int(parent.data.metrics["best_concurrency"]) in tried
     assert parent.data.params["concurrency"] == "auto"
+
+
+def test_the_servers_gpus_are_those_its_processes_compute_on_and_others_there_contend():
+    """NVML (a stand-in) lists the server's worker on GPU 1 and another process on GPU 1 and 0: the
+    server's GPU is 1, its counter is read, and the other process is counted as contention there."""
+    from test_attribution import FakeNvml
+
+    from tracker.measurement.attribution import contention
+    from tracker.serving.server import Server, server_gpus
+
+    with started([sys.executable, "-c", "import subprocess, sys, time; "
+                  "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"]) as root:
+        deadline = time.monotonic() + 30
+        import psutil
+
+        while not psutil.Process(root.pid).children():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (worker,) = psutil.Process(root.pid).children()
+        nvml = FakeNvml(pids={0: [99999], 1: [worker.pid, 99998]})
+        nvml.nvmlDeviceGetCount = lambda: 2
+        server = Server("http://127.0.0.1:1", root.pid, "m")
+        assert server_gpus(server, nvml) == [1]
+        probe = SystemProbe(gpus=[1], nvml=nvml, root_pid=root.pid)
+        window = Window.between(probe.snapshot(), probe.snapshot())
+    assert window.gpu_counter_kwh > 0 and window.background_gpu_processes == 1
+    assert "1 other process(es) computed on this run's GPU" in contention(window)
+
+
+@pytest.mark.slow
+def test_the_prefill_split_measures_one_token_requests_beside_the_full_ones(cli, client):
+    code, out, err = cli("serve-bench", "--launch", f"{FAKE} {{port}}", "--concurrency", "2", "--prefill-split",
+                         "--output-tokens", "12", *QUICK)
+    assert code == 0, err
+    (run,) = level_runs(client)
+    m = run.data.metrics
+    assert 0 < m["prefill_energy_j_per_input_token"] < math.inf
+    # Decode's share is what the full requests cost beyond their prefill: less than the whole per token.
+    assert 0 < m["decode_energy_j_per_output_token"] < m["energy_j_per_output_token"]
+    phases = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                      artifact_path="codecarbon/emissions.csv")).read_text()
+    assert "c2-prefill-w1" in phases and "c2-w1" in phases

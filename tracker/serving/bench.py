@@ -28,7 +28,7 @@ from tracker.serving.config import BUILTIN_SERVE_MODEL, ServeConfig
 from tracker.serving.figures import WindowFigures, level_figures, meets_targets, tpot_ms, ttft_ms, window_counts
 from tracker.serving.levels import LevelResult, level_plan, settings_slug, summarize
 from tracker.serving.loadgen import Client, Level, Load, Prompt, RequestRecord, choose_length_dialect
-from tracker.serving.server import Server, ServerError, ServerLost, attach, launch
+from tracker.serving.server import Server, ServerError, ServerLost, attach, launch, server_gpus
 from tracker.serving.workload import Workload, load_workload, score
 
 logger = logging.getLogger(__name__)
@@ -150,28 +150,6 @@ def _meter(server: Server, location: Any) -> EnergyMeter:
     gpus = server_gpus(server)
     probe = SystemProbe(gpus=gpus, root_pid=server.pid)
     return EnergyMeter(location=location, probe=probe, other_process_gpus=gpus)
-
-
-def server_gpus(server: Server) -> list[int]:
-    """The GPUs (NVML indices) on which the server's processes compute; [] without NVML or GPUs."""
-    import psutil
-
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pids = {server.pid, *(c.pid for c in psutil.Process(server.pid).children(recursive=True))}
-        pynvml.nvmlInit()
-        found = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            if any(p.pid in pids for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)):
-                found.append(index)
-        return found
-    except Exception as err:  # no driver, no permission: the figures say the GPU was not read
-        logger.debug("NVML not readable (%s): no GPU energy for the server", err)
-        return []
 
 
 def _server_tags(server: Server, client: Client, workload: Workload, config: ServeConfig) -> dict[str, str]:

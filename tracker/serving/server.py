@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from tracker.errors import ConfigError, TrackerError
@@ -69,6 +70,30 @@ class Server:
             return
         self._stopped = True
         stop_group(self.launched)
+
+
+def server_gpus(server: Server, nvml: Any = None) -> list[int]:
+    """The GPUs (NVML indices) on which the server's processes compute; [] without NVML or GPUs.
+    ``nvml`` may be a stand-in for the pynvml module."""
+    import psutil
+
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError:
+            return []
+    try:
+        pids = {server.pid, *(c.pid for c in psutil.Process(server.pid).children(recursive=True))}
+        nvml.nvmlInit()
+        found = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            if any(p.pid in pids for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)):
+                found.append(index)
+        return found
+    except Exception as err:  # no driver, no permission: the GPU tags say it was not read
+        logger.debug("NVML not readable (%s): no GPU energy for the server", err)
+        return []
 
 
 def port_of(endpoint: str) -> int:
