@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tracker.errors import RunInterrupted
 from tracker.measurement.meter import EnergyMeter, PhaseReading
 from tracker.serving.config import BUILTIN_SERVE_MODEL, ServeConfig
 from tracker.serving.figures import WindowFigures, level_figures, meets_targets, tpot_ms, ttft_ms, window_counts
@@ -63,45 +64,50 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
     results: list[LevelResult] = []
     parent_id: str | None = None
     model = ""
-    with ExitStack() as sweep:
-        sweep.enter_context(interrupts_raise())
-        for number, settings in enumerate(config.setting_grid()):
-            log_dir = log_root / settings_slug(settings) if settings else log_root
-            with ExitStack() as one_server:
-                try:
-                    server = _server(config, log_dir, settings)
-                except ServerError as err:
+    try:
+        with ExitStack() as sweep:
+            sweep.enter_context(interrupts_raise())
+            for settings in config.setting_grid():
+                log_dir = log_root / settings_slug(settings) if settings else log_root
+                with ExitStack() as one_server:
+                    try:
+                        server = _server(config, log_dir, settings)
+                    except ServerError as err:
+                        if parent_id is None:
+                            raise  # nothing measured yet: the one line is the answer
+                        # A setting the server cannot start with bounds the search; the others go on.
+                        failed_run(mlflow, config.experiment, f"{_short(model)} · {settings_slug(settings)}",
+                                   {"mlflow.parentRunId": parent_id, "tracker.serve.settings": settings_slug(settings)},
+                                   {f"server.{k}": v for k, v in settings.items()}, str(err))
+                        logger.warning("settings %s: %s", settings_slug(settings), err)
+                        continue
+                    one_server.callback(server.stop)
+                    client = _client(config, server, workload)
+                    meter = _meter(server, location)
+                    one_server.callback(meter.close)
+                    base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload, config)
+                    params = config.params() | {"model": server.model, "dataset": workload.dataset}
                     if parent_id is None:
-                        raise  # nothing measured yet: the one line is the answer
-                    # A setting the server cannot start with bounds the search; the others go on.
-                    failed_run(mlflow, config.experiment, f"{_short(model)} · {settings_slug(settings)}",
-                               {"mlflow.parentRunId": parent_id, "tracker.serve.settings": settings_slug(settings)},
-                               {f"server.{k}": v for k, v in settings.items()}, str(err))
-                    logger.warning("settings %s: %s", settings_slug(settings), err)
-                    continue
-                one_server.callback(server.stop)
-                client = _client(config, server, workload)
-                meter = _meter(server, location)
-                one_server.callback(meter.close)
-                base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload, config)
-                params = config.params() | {"model": server.model, "dataset": workload.dataset}
-                if parent_id is None:
-                    model = server.model
-                    parent_id = open_run(mlflow, config.experiment, _sweep_name(config, model),
-                                         base_tags | {"tracker.serve.sweep": "true"}, params)
-                    sweep.enter_context(resumed_run(mlflow, parent_id))
-                try:
-                    measured: list[LevelResult] = []
-                    for level in level_plan(config, measured):
-                        measured.append(_measure_level(config, level, server, client, meter, workload, parent_id,
-                                                      base_tags, params, settings))
-                    results.extend(measured)
-                finally:
-                    if server.log_path is not None and server.log_path.exists():
-                        folder = f"server/{settings_slug(settings)}" if settings else "server"
-                        mlflow.log_artifact(parent_id, str(server.log_path), folder)
-        summary = summarize(results)
-        _log_summary(mlflow, parent_id, summary)
+                        model = server.model
+                        parent_id = open_run(mlflow, config.experiment, _sweep_name(config, model),
+                                             base_tags | {"tracker.serve.sweep": "true"}, params)
+                        sweep.enter_context(resumed_run(mlflow, parent_id))
+                    try:
+                        measured: list[LevelResult] = []
+                        for level in level_plan(config, measured):
+                            measured.append(_measure_level(config, level, server, client, meter, workload, parent_id,
+                                                          base_tags, params, settings))
+                        results.extend(measured)
+                    finally:
+                        if server.log_path is not None and server.log_path.exists():
+                            folder = f"server/{settings_slug(settings)}" if settings else "server"
+                            mlflow.log_artifact(parent_id, str(server.log_path), folder)
+            summary = summarize(results)
+            _log_summary(mlflow, parent_id, summary)
+    except RunInterrupted:
+        if parent_id is None:  # before any run: nothing to end KILLED (the CLI says so)
+            raise KeyboardInterrupt from None
+        raise
     return ServeResult(parent_id, config.experiment, model, results, summary)
 
 
@@ -145,10 +151,15 @@ def _client(config: ServeConfig, server: Server, workload: Workload) -> Client:
 
 
 def _meter(server: Server, location: Any) -> EnergyMeter:
+    import psutil
+
     from tracker.measurement.readings import SystemProbe
 
     gpus = server_gpus(server)
-    probe = SystemProbe(gpus=gpus, root_pid=server.pid)
+    try:
+        probe = SystemProbe(gpus=gpus, root_pid=server.pid)
+    except psutil.Error:
+        raise ServerLost(f"the server (process {server.pid}) ended before it could be measured") from None
     return EnergyMeter(location=location, probe=probe, other_process_gpus=gpus)
 
 

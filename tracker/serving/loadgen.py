@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
