@@ -444,3 +444,21 @@ def test_the_prefill_split_measures_one_token_requests_beside_the_full_ones(cli,
     phases = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
                                                       artifact_path="codecarbon/emissions.csv")).read_text()
     assert "c2-prefill-w1" in phases and "c2-w1" in phases
+
+
+@pytest.mark.slow
+def test_the_mlproject_entry_point_sweeps_and_points_its_launcher_to_the_sweep(client, hermetic):
+    """`mlflow run -e serve_bench` with a launch template (braces and all) through MLflow's parameters."""
+    command = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "serve_bench", "--env-manager", "local",
+               "-P", f"launch={FAKE} {{port}}", "-P", "concurrency=1,2", "-P", "windows=1", "-P", "min_window_s=1",
+               "-P", "output_tokens=4", "-P", "n_prompts=8", "-P", "country=FRA"]
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=hermetic)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = all_runs(client)
+    launcher = next(r for r in runs if "tracker.serve.parent_run_id" in r.data.tags)
+    parent = client.get_run(launcher.data.tags["tracker.serve.parent_run_id"])
+    assert parent.data.tags["tracker.launcher_run_id"] == launcher.info.run_id
+    levels = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["concurrency"] for r in levels) == ["1", "2"]
+    assert {r.info.status for r in (launcher, parent, *levels)} == {"FINISHED"}
+    assert "tracker.measured_run_id" not in launcher.data.tags  # the sweep, not its last level

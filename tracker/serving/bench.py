@@ -51,7 +51,7 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
     from mlflow import MlflowClient
 
     from tracker.measurement.carbon import resolve_location
-    from tracker.recording.lifecycle import failed_run, open_run, resumed_run
+    from tracker.recording.lifecycle import failed_run, resumed_run
     from tracker.recording.provenance import version_tags
     from tracker.recording.signals import interrupts_raise
     from tracker.recording.store import check_tracking_server
@@ -89,8 +89,7 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
                     params = config.params() | {"model": server.model, "dataset": workload.dataset}
                     if parent_id is None:
                         model = server.model
-                        parent_id = open_run(mlflow, config.experiment, _sweep_name(config, model),
-                                             base_tags | {"tracker.serve.sweep": "true"}, params)
+                        parent_id = _open_sweep(mlflow, config, model, base_tags, params)
                         sweep.enter_context(resumed_run(mlflow, parent_id))
                     try:
                         measured: list[LevelResult] = []
@@ -109,6 +108,20 @@ def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> S
             raise KeyboardInterrupt from None
         raise
     return ServeResult(parent_id, config.experiment, model, results, summary)
+
+
+def _open_sweep(mlflow: Any, config: ServeConfig, model: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """The sweep's parent run; under `mlflow run -e serve_bench`, the launcher's run points to it."""
+    from tracker.recording.lifecycle import open_run
+
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    tags = tags | {"tracker.serve.sweep": "true"} | ({"tracker.launcher_run_id": launcher} if launcher else {})
+    parent_id = open_run(mlflow, config.experiment, _sweep_name(config, model), tags, params)
+    if launcher:
+        mlflow.set_tag(launcher, "mlflow.note.content", f"Launcher of `mlflow run -e serve_bench`: the sweep's "
+                       f"parent run is {parent_id}, with a run per load level nested below it.")
+        mlflow.set_tag(launcher, "tracker.serve.parent_run_id", parent_id)
+    return parent_id
 
 
 def _sweep_name(config: ServeConfig, model: str) -> str:
@@ -193,7 +206,9 @@ def _measure_level(config: ServeConfig, level: Level, server: Server, client: Cl
                    settings: dict[str, str]) -> LevelResult:
     from tracker.recording.lifecycle import recorded_run
 
-    tags = base_tags | {"mlflow.parentRunId": parent_id, "tracker.serve.level": level.name}
+    # tracker.attempt: the sweep describes its launcher itself (lifecycle leaves it alone then).
+    tags = base_tags | {"mlflow.parentRunId": parent_id, "tracker.serve.level": level.name,
+                        "tracker.attempt": f"serve:{parent_id}:{level.slug}:{settings_slug(settings)}"}
     if settings:
         tags["tracker.serve.settings"] = settings_slug(settings)
     level_params = params | {f"server.{k}": v for k, v in settings.items()}
