@@ -48,66 +48,88 @@ class ServeResult:
 
 
 def serve_bench(config: ServeConfig, *, tags: dict[str, str] | None = None) -> ServeResult:
-    from mlflow import MlflowClient
-
     from tracker.measurement.carbon import resolve_location
-    from tracker.recording.lifecycle import failed_run, resumed_run
-    from tracker.recording.provenance import version_tags
     from tracker.recording.signals import interrupts_raise
     from tracker.recording.store import check_tracking_server
 
     check_tracking_server()
-    location = resolve_location(config.country, config.carbon_intensity)
-    workload = load_workload(config)
-    mlflow = MlflowClient()
-    log_root = server_log_dir()
-    results: list[LevelResult] = []
-    parent_id: str | None = None
-    model = ""
+    sweep = _Sweep(config, tags or {}, resolve_location(config.country, config.carbon_intensity),
+                   load_workload(config))
     try:
-        with ExitStack() as sweep:
-            sweep.enter_context(interrupts_raise())
+        with ExitStack() as stack:
+            stack.enter_context(interrupts_raise())
             for settings in config.setting_grid():
-                log_dir = log_root / settings_slug(settings) if settings else log_root
-                with ExitStack() as one_server:
-                    try:
-                        server = _server(config, log_dir, settings)
-                    except ServerError as err:
-                        if parent_id is None:
-                            raise  # nothing measured yet: the one line is the answer
-                        # A setting the server cannot start with bounds the search; the others go on.
-                        failed_run(mlflow, config.experiment, f"{_short(model)} · {settings_slug(settings)}",
-                                   {"mlflow.parentRunId": parent_id, "tracker.serve.settings": settings_slug(settings)},
-                                   {f"server.{k}": v for k, v in settings.items()}, str(err))
-                        logger.warning("settings %s: %s", settings_slug(settings), err)
-                        continue
-                    one_server.callback(server.stop)
-                    client = _client(config, server, workload)
-                    meter = _meter(server, location)
-                    one_server.callback(meter.close)
-                    base_tags = (tags or {}) | version_tags() | _server_tags(server, client, workload, config)
-                    params = config.params() | {"model": server.model, "dataset": workload.dataset}
-                    if parent_id is None:
-                        model = server.model
-                        parent_id = _open_sweep(mlflow, config, model, base_tags, params)
-                        sweep.enter_context(resumed_run(mlflow, parent_id))
-                    try:
-                        measured: list[LevelResult] = []
-                        for level in level_plan(config, measured):
-                            measured.append(_measure_level(config, level, server, client, meter, workload, parent_id,
-                                                          base_tags, params, settings))
-                        results.extend(measured)
-                    finally:
-                        if server.log_path is not None and server.log_path.exists():
-                            folder = f"server/{settings_slug(settings)}" if settings else "server"
-                            mlflow.log_artifact(parent_id, str(server.log_path), folder)
-            summary = summarize(results)
-            _log_summary(mlflow, parent_id, summary)
+                sweep.measure_server(settings, stack)
+            summary = summarize(sweep.results)
+            _log_summary(sweep.mlflow, sweep.parent_id, summary)
     except RunInterrupted:
-        if parent_id is None:  # before any run: nothing to end KILLED (the CLI says so)
+        if sweep.parent_id is None:  # before any run: nothing to end KILLED (the CLI says so)
             raise KeyboardInterrupt from None
         raise
-    return ServeResult(parent_id, config.experiment, model, results, summary)
+    return ServeResult(sweep.parent_id, config.experiment, sweep.model, sweep.results, summary)
+
+
+class _Sweep:
+    """One server per combination of launch settings, each measured at every level of the plan; the
+    parent run is opened with the first server that answers."""
+
+    def __init__(self, config: ServeConfig, tags: dict[str, str], location: Any, workload: Workload) -> None:
+        from mlflow import MlflowClient
+
+        self.config, self.tags, self.location, self.workload = config, tags, location, workload
+        self.mlflow = MlflowClient()
+        self.log_root = server_log_dir()
+        self.results: list[LevelResult] = []
+        self.parent_id: str | None = None
+        self.model = ""
+
+    def measure_server(self, settings: dict[str, str], sweep: ExitStack) -> None:
+        from tracker.recording.lifecycle import resumed_run
+        from tracker.recording.provenance import version_tags
+
+        config = self.config
+        with ExitStack() as one_server:
+            server = self._start(settings)
+            if server is None:
+                return
+            one_server.callback(server.stop)
+            client = _client(config, server, self.workload)
+            meter = _meter(server, self.location)
+            one_server.callback(meter.close)
+            base_tags = self.tags | version_tags() | _server_tags(server, client, self.workload, config)
+            params = config.params() | {"model": server.model, "dataset": self.workload.dataset}
+            if self.parent_id is None:
+                self.model = server.model
+                self.parent_id = _open_sweep(self.mlflow, config, server.model, base_tags, params)
+                sweep.enter_context(resumed_run(self.mlflow, self.parent_id))
+            try:
+                measured: list[LevelResult] = []
+                for level in level_plan(config, measured):
+                    measured.append(_measure_level(config, level, server, client, meter, self.workload,
+                                                   self.parent_id, base_tags, params, settings))
+                self.results.extend(measured)
+            finally:
+                if server.log_path is not None and server.log_path.exists():
+                    folder = f"server/{settings_slug(settings)}" if settings else "server"
+                    self.mlflow.log_artifact(self.parent_id, str(server.log_path), folder)
+
+    def _start(self, settings: dict[str, str]) -> Server | None:
+        """The server for these settings; None where a later combination cannot start (a FAILED run
+        says why: it bounds the search, the other combinations go on)."""
+        from tracker.recording.lifecycle import failed_run
+
+        log_dir = self.log_root / settings_slug(settings) if settings else self.log_root
+        try:
+            return _server(self.config, log_dir, settings)
+        except ServerError as err:
+            if self.parent_id is None:
+                raise  # nothing measured yet: the one line is the answer
+            slug = settings_slug(settings)
+            failed_run(self.mlflow, self.config.experiment, f"{_short(self.model)} · {slug}",
+                       {"mlflow.parentRunId": self.parent_id, "tracker.serve.settings": slug},
+                       {f"server.{k}": v for k, v in settings.items()}, str(err))
+            logger.warning("settings %s: %s", slug, err)
+            return None
 
 
 def _open_sweep(mlflow: Any, config: ServeConfig, model: str, tags: dict[str, str], params: dict[str, Any]) -> str:
@@ -212,7 +234,8 @@ def _measure_level(config: ServeConfig, level: Level, server: Server, client: Cl
     if settings:
         tags["tracker.serve.settings"] = settings_slug(settings)
     level_params = params | {f"server.{k}": v for k, v in settings.items()}
-    level_params |= {"concurrency": level.concurrency} if level.concurrency is not None else {"request_rate": level.rate}
+    level_params |= ({"concurrency": level.concurrency} if level.concurrency is not None
+                     else {"request_rate": level.rate})
     name = f"{_short(server.model)} · {level.name}" + (f" · {settings_slug(settings)}" if settings else "")
     with recorded_run(experiment=config.experiment, run_name=name, tags=tags) as recorder:
         recorder.log(params=level_params)
@@ -301,7 +324,8 @@ def _check_server(server: Server, probe: Any = None) -> None:
     if not server.alive():
         code = server.launched.poll() if server.launched is not None else None
         detail = f" (exit code {code})" if code is not None else ""
-        log = f"; its log: {server.log_path} (also the sweep run's artifact server/server.log)" if server.log_path else ""
+        log = (f"; its log: {server.log_path} (also the sweep run's artifact server/server.log)"
+               if server.log_path else "")
         raise ServerLost(f"the server (process {server.pid}) ended during the measurement{detail}{log}")
 
 

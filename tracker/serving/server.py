@@ -268,7 +268,8 @@ def launch(template: str, *, model: str, log_dir: Path, host: str = "127.0.0.1",
                 break
             if time.monotonic() > deadline:
                 raise ServerError(f"the launched server did not answer GET {endpoint}/v1/models within "
-                                  f"{startup_timeout_s:g} s (--startup-timeout-s; it answered HTTP {status or 'nothing'}); "
+                                  f"{startup_timeout_s:g} s (--startup-timeout-s; it answered "
+                                  f"HTTP {status or 'nothing'}); "
                                   f"its log: {log_path} ({_last_line(log_path)})")
             time.sleep(0.25)  # a poll interval: the server gives no event to wait on
         model_id = served_model(endpoint)
