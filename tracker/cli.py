@@ -191,7 +191,8 @@ def _serve_bench(args: dict) -> int:
                    if s["best_level"] != s["baseline_level"] else "")
         print(f"  lowest carbon per output token within the targets: {s['best_level']} "
               f"({_fmt(s['best_emissions_g_per_output_token'])} gCO2eq per token){against}"
-              + (f"; tied with {s['tie']}" if s.get("tie") else ""))
+              + (f"; tied with {s['tie']} (their 95% intervals overlap; more --windows narrow them)"
+                 if s.get("tie") else ""))
     else:
         print("  no level kept the latency targets")
     return 0
