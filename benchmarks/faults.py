@@ -4,7 +4,8 @@ Each fault is what a user meets: a model folder with its own code and a "y" pipe
 at once on a new SQLite file, a tracking server killed mid-run, SIGKILL, one and two Ctrl-C,
 Ctrl-C under `mlflow run`, SIGTERM to a search, a baseline that fails, impossible numbers, empty
 cells, broken model folders, a read-only store, a report written onto a file, a study file of the
-wrong shape, Ctrl-C before a run. A fault *survived* when the command did what the README
+wrong shape, Ctrl-C before a run; and for `serve-bench`, a server that dies mid-window, Ctrl-C
+mid-window, an endpoint that is no OpenAI API, a launch command that exits. A fault *survived* when the command did what the README
 promises: the run FINISHED, FAILED or KILLED with its energy, or one line and no run.
 
     python benchmarks/faults.py [--only NAME ...]
@@ -368,6 +369,69 @@ def ctrl_c_before_run(bench: Bench) -> bool:
     return code == 128 + signal.SIGINT and "nothing was recorded" in err and not bench.runs(env)
 
 
+FAKE_SERVER = f"{sys.executable} {REPO / 'tests' / 'fake_openai.py'} {{port}}"
+SERVE = ["serve-bench", "--concurrency", "2", "--windows", "3", "--output-tokens", "8", "--n-prompts", "12",
+         "--country", "FRA"]
+
+
+def serve_server_dies(bench: Bench) -> bool:
+    """The server measured by serve-bench exits mid-window: a FAILED level run with its energy so far."""
+    env = bench.env("serve_server_dies")
+    done = bench.tracker(env, *SERVE, "--min-window-s", "3", "--launch", f"{FAKE_SERVER} --die-after 150")
+    levels = [r for r in bench.runs(env) if "tracker.serve.level" in r.data.tags]
+    return (one_line(done, 1, "ended during the measurement") and len(levels) == 1
+            and levels[0].info.status == "FAILED" and bench.kept_energy(levels[0]))
+
+
+def serve_ctrl_c(bench: Bench) -> bool:
+    """Ctrl-C mid-window: the level run KILLED with its energy, and the server it launched stopped."""
+    env = bench.env("serve_ctrl_c")
+    mark = bench.root / "serve_ctrl_c" / "server.pid"
+    process = bench.start(env, [sys.executable, "-m", "tracker", *SERVE, "--min-window-s", "20", "--launch",
+                                f"{FAKE_SERVER} --mark-after 120 {mark}"])
+    deadline = time.monotonic() + 300
+    while not mark.exists():  # written by the server at its 120th request: the first window is open
+        if process.poll() is not None or time.monotonic() > deadline:
+            bench.finish(process)
+            return False
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGINT)
+    code, _ = bench.finish(process, timeout=120)
+    levels = [r for r in bench.runs(env) if "tracker.serve.level" in r.data.tags]
+    try:
+        os.kill(int(mark.read_text()), 0)
+        server_stopped = False
+    except ProcessLookupError:
+        server_stopped = True
+    return (code == 128 + signal.SIGINT and len(levels) == 1 and levels[0].info.status == "KILLED"
+            and bench.kept_energy(levels[0]) and server_stopped)
+
+
+def serve_not_openai(bench: Bench) -> bool:
+    """An endpoint that answers HTTP but is no OpenAI API: one line, no run."""
+    env = bench.env("serve_not_openai")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "fake_openai.py"), str(port), "--not-openai"],
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+        done = bench.tracker(env, *SERVE, "--endpoint", f"http://127.0.0.1:{port}")
+        return one_line(done, 2, "does not speak the OpenAI API") and not bench.runs(env)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
 NOT_TRIED = None  # what a fault returns where this machine cannot produce it: neither survived nor failed
 
 FAULTS: list[Callable[[Bench], bool | None]] = [
@@ -393,6 +457,9 @@ FAULTS: list[Callable[[Bench], bool | None]] = [
     bad_input("study_models_string", ["study", "{dir}/study.yaml"], 2, "models",
               _write("study.yaml", "task: text-classification\nmodels: some-model-id\ndatasets: [builtin]\n")),
     ctrl_c_before_run,
+    serve_server_dies, serve_ctrl_c, serve_not_openai,
+    bad_input("serve_launch_exits", [*SERVE, "--launch", f"{sys.executable} -c 'import sys; sys.exit(3)'"], 2,
+              "exited with code 3"),
 ]
 
 
