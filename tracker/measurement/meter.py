@@ -21,15 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tracker.measurement.attribution import (
-    CONTENDED_BACKGROUND_SHARE,
-    FullLoadRates,
-    Window,
-    attribute,
-    contention,
-    estimate,
-    gpu_unavailable,
-)
+from tracker.measurement.attribution import (CONTENDED_BACKGROUND_SHARE, FullLoadRates, Window, attribute, contention,
+                                             estimate, gpu_unavailable)
 from tracker.measurement.carbon import Location
 from tracker.measurement.energy import Energy
 from tracker.measurement.readings import Probe, Snapshot, SystemProbe, visible_gpu

@@ -76,8 +76,8 @@ class SystemProbe:
 
     ``root_pid`` names another process tree as the one measured (a server's): its CPU time is the
     run's, read in clock ticks, and this process's own CPU time (the load generator's) is kept
-    apart as the companion's. The last reading of each of its processes is remembered, so a tree
-    that dies mid-window keeps the time it used until the reading before.
+    apart as the companion's. The last reading is remembered, so a tree whose root dies mid-window
+    keeps the time it used until then (``remember`` reads it between the window's edges).
     """
 
     gpus: list[int | str] = field(default_factory=list)
@@ -87,7 +87,8 @@ class SystemProbe:
     root_pid: int | None = None
     _handles: dict[str, Any] | None = None
     _gpu_reason: str = ""
-    _last_seen: dict[int, float] = field(default_factory=dict)
+    _last_seen: dict[int, float] = field(default_factory=dict)  # the measured tree's, by process
+    _last_reaped: float = 0.0
 
     def __post_init__(self) -> None:
         import psutil
@@ -129,32 +130,26 @@ class SystemProbe:
         """The measured tree's CPU time (another process's), this process's own as the companion's."""
         import psutil
 
-        seen: dict[int, float] = {}
-        reaped = 0.0
         try:
             root = self._root.cpu_times()
-            seen[self._root.pid] = root.user + root.system
-            reaped = root.children_user + root.children_system  # its children that ended and were reaped
             children = self._root.children(recursive=True)
-        except psutil.Error:  # the root is gone: its last reading stands
-            children = []
-        for child in children:
-            try:
-                times = child.cpu_times()
-                seen[child.pid] = times.user + times.system
-            except psutil.Error:
-                pass
-        # A child that ended since the last reading is either in ``reaped`` now or lost with its
-        # last interval; the root itself is kept at its last reading once it is gone.
-        if self._root.pid not in seen and self._root.pid in self._last_seen:
-            seen[self._root.pid] = self._last_seen[self._root.pid]
-            reaped = self._last_seen.get(-1, 0.0)
-        self._last_seen = {**seen, -1: reaped}
-        own = sum(seen.values()) + reaped
+        except psutil.Error:  # the root is gone: the tree's time stands at its last reading
+            root, children = None, []
+        if root is not None:
+            seen = {self._root.pid: root.user + root.system}
+            for child in children:
+                try:
+                    times = child.cpu_times()
+                    seen[child.pid] = times.user + times.system
+                except psutil.Error:  # ended since listed: its time is in ``reaped`` once the root reaps it
+                    pass
+            # Its children that ended and were reaped count in the root's own figures.
+            self._last_seen, self._last_reaped = seen, root.children_user + root.children_system
+        own = sum(self._last_seen.values()) + self._last_reaped
         busy, total = _machine_cpu_s()
         # Every second of it is read in clock ticks: the error rule of children applies to all of it.
         return CpuTimes(own_s=own, machine_busy_s=busy, machine_total_s=total, children_s=own,
-                        living_children=len(seen), companion_s=time.process_time())
+                        living_children=len(self._last_seen), companion_s=time.process_time())
 
     def remember(self) -> None:
         """Read the measured tree's CPU time now, so that if it dies before the window closes, the
