@@ -265,7 +265,7 @@ def test_ctrl_c_ends_the_level_killed_with_its_energy_and_stops_the_launched_ser
 
 
 @pytest.mark.parametrize("case", ["unreachable", "not_openai", "exits", "never_healthy", "not_the_listener",
-                                  "own_shell", "both", "unfilled_setting"])
+                                  "own_shell", "both", "unfilled_setting", "two_kinds_of_level", "unprompted_task"])
 def test_a_server_that_cannot_be_measured_is_refused_in_one_line_with_no_run(case, cli, client):
     port = free_port()
     args = {
@@ -278,12 +278,15 @@ def test_a_server_that_cannot_be_measured_is_refused_in_one_line_with_no_run(cas
         "own_shell": ["--endpoint", f"http://127.0.0.1:{port}", "--server-pid", str(os.getppid())],
         "both": ["--endpoint", f"http://127.0.0.1:{port}", "--launch", "x"],
         "unfilled_setting": ["--launch", "serve {port} {dtype}", "--server-setting", "batch=4"],
+        "two_kinds_of_level": ["--launch", "serve {port}", "--concurrency", "2", "--request-rate", "3"],
+        "unprompted_task": ["--launch", "serve {port}", "--task", "image-classification"],
     }[case]
     expected = {
         "unreachable": "nothing answers at", "not_openai": "does not speak the OpenAI API",
         "exits": "exited with code 3 before it answered", "never_healthy": "did not answer GET",
         "not_the_listener": "is not the server at", "own_shell": "serve-bench's own process or one above it",
         "both": "not both", "unfilled_setting": "--launch has no {batch} to fill",
+        "two_kinds_of_level": "(--request-rate), not both", "unprompted_task": "cannot be asked of a language model",
     }[case]
     server = [sys.executable, str(REPO / "tests" / "fake_openai.py"), str(port)]
     if case == "not_openai":

@@ -13,6 +13,7 @@ from tracker.options import counted, flag, option, parse_values
 APIS = ("completions", "chat")
 # The built-in serving model: a tiny Llama with a chat template (random weights), built offline.
 BUILTIN_SERVE_MODEL = "builtin-tiny-chat"
+DEFAULT_CONCURRENCY = ("1", "4", "16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +44,7 @@ class ServeConfig:
                                      "exactly that many when it can be), or 'data' (from each reference's "
                                      "length, a cap) (default 64)")
     api: str = option("completions", param="always", help="completions or chat (default completions)")
-    concurrency: tuple[str, ...] = option(("1", "4", "16"), param="always",
+    concurrency: tuple[str, ...] = option(DEFAULT_CONCURRENCY, param="always",
                                           help="closed-loop levels: users each with one request in flight "
                                                "(default 1,4,16), or auto: search for the concurrency with the "
                                                "lowest carbon per token within the latency targets")
@@ -120,6 +121,8 @@ class ServeConfig:
         from tracker.serving.loadgen import Level
 
         if self.request_rate:
+            if self.concurrency != DEFAULT_CONCURRENCY:
+                raise ConfigError("give closed-loop levels (--concurrency) or open-loop ones (--request-rate), not both")
             rates = []
             for text in self.request_rate:
                 try:

@@ -53,11 +53,13 @@ def _task_dataset(config: Any) -> Workload:
     from tracker.tasks import get_task
 
     task = get_task(config.task)
-    if not task.generative or task.prompt_template is None:
+    if task.prompt_template is None:
         from tracker.errors import ConfigError
+        from tracker.tasks import task_names
 
-        raise ConfigError(f"task '{task.name}' is not a text generation task a server answers: use summarization, "
-                          "question-answering or another prompted task (see `tracker tasks`)")
+        prompted = [n for n in task_names() if get_task(n).prompt_template is not None]
+        raise ConfigError(f"task '{task.name}' cannot be asked of a language model in a prompt: use "
+                          f"{', '.join(prompted)}, or a ShareGPT-style --dataset")
     reachable = hub.prepare()
     loaded = load_dataset(task, config.dataset, config.n_prompts, hub_reachable=reachable)
     references = task.references(loaded.targets, loaded.spec)
