@@ -5,8 +5,9 @@ at once on a new SQLite file, a tracking server killed mid-run, SIGKILL, one and
 Ctrl-C under `mlflow run`, SIGTERM to a search, a baseline that fails, impossible numbers, empty
 cells, broken model folders, a read-only store, a report written onto a file, a study file of the
 wrong shape, Ctrl-C before a run; and for `serve-bench`, a server that dies mid-window, Ctrl-C
-mid-window, an endpoint that is no OpenAI API, a launch command that exits. A fault *survived* when the command did what the README
-promises: the run FINISHED, FAILED or KILLED with its energy, or one line and no run.
+mid-window, an endpoint that is no OpenAI API, a launch command that exits. A fault *survived*
+when the command did what the README promises: the run FINISHED, FAILED or KILLED with its energy,
+or one line and no run.
 
     python benchmarks/faults.py [--only NAME ...]
 
@@ -377,7 +378,7 @@ SERVE = ["serve-bench", "--concurrency", "2", "--windows", "3", "--output-tokens
 def serve_server_dies(bench: Bench) -> bool:
     """The server measured by serve-bench exits mid-window: a FAILED level run with its energy so far."""
     env = bench.env("serve_server_dies")
-    done = bench.tracker(env, *SERVE, "--min-window-s", "3", "--launch", f"{FAKE_SERVER} --die-after 150")
+    done = bench.tracker(env, *SERVE, "--min-window-s", "5", "--launch", f"{FAKE_SERVER} --die-after 400")
     levels = [r for r in bench.runs(env) if "tracker.serve.level" in r.data.tags]
     return (one_line(done, 1, "ended during the measurement") and len(levels) == 1
             and levels[0].info.status == "FAILED" and bench.kept_energy(levels[0]))
@@ -388,9 +389,9 @@ def serve_ctrl_c(bench: Bench) -> bool:
     env = bench.env("serve_ctrl_c")
     mark = bench.root / "serve_ctrl_c" / "server.pid"
     process = bench.start(env, [sys.executable, "-m", "tracker", *SERVE, "--min-window-s", "20", "--launch",
-                                f"{FAKE_SERVER} --mark-after 120 {mark}"])
+                                f"{FAKE_SERVER} --mark-after 300 {mark}"])
     deadline = time.monotonic() + 300
-    while not mark.exists():  # written by the server at its 120th request: the first window is open
+    while not mark.exists():  # written by the server at its 300th request: the first window is open
         if process.poll() is not None or time.monotonic() > deadline:
             bench.finish(process)
             return False

@@ -227,16 +227,42 @@ def test_poisson_arrivals_hold_the_asked_rate(cli, client):
 
 
 @pytest.mark.slow
-def test_a_server_that_dies_mid_run_leaves_a_failed_run_with_the_energy_so_far(cli, client):
-    code, out, err = cli("serve-bench", "--launch", f"{FAKE} {{port}} --die-after 150", "--concurrency", "2",
-                         "--windows", "3", "--min-window-s", "3", "--output-tokens", "8", "--country", "FRA")
+def test_a_server_that_dies_mid_run_leaves_a_failed_run_with_the_energy_so_far(cli, client, monkeypatch):
+    """The launched server is SIGKILLed one second into the first window (on the window's own event,
+    whatever the machine's load): a FAILED run with what the window measured until then."""
+    import threading
+    from contextlib import contextmanager
+
+    from tracker.serving import bench
+
+    launched, timers = [], []
+    real_launch, real_phase = bench.launch, bench.EnergyMeter.phase
+
+    def launch(*args, **kwargs):
+        launched.append(real_launch(*args, **kwargs))
+        return launched[-1]
+
+    @contextmanager
+    def phase(self, name):
+        with real_phase(self, name) as reading:
+            if not timers:  # the first window is open now
+                timers.append(threading.Timer(1.0, os.killpg, (launched[0].pid, signal.SIGKILL)))
+                timers[0].start()
+            yield reading
+
+    monkeypatch.setattr(bench, "launch", launch)
+    monkeypatch.setattr(bench.EnergyMeter, "phase", phase)
+    code, out, err = cli("serve-bench", "--launch", f"{FAKE} {{port}}", "--concurrency", "2", "--windows", "3",
+                         "--min-window-s", "5", "--output-tokens", "8", "--country", "FRA")
+    timers[0].join()
     assert code == 1
     (line,) = err.strip().splitlines()[-1:]
-    assert "ended during the measurement (exit code 17)" in line and "server.log" in line
+    assert "ended during the measurement (exit code -9)" in line and "server.log" in line
     (run,) = level_runs(client)
     assert run.info.status == "FAILED" and "ended during the measurement" in run.data.tags["tracker.error"]
     assert run.data.metrics["energy_kwh"] > 0 and run.data.metrics["server_cpu_s"] > 0
-    assert run.data.tags["tracker.run.partial"].startswith("stopped during window")
+    assert 0.9 < run.data.metrics["duration_s"] < 5, run.data.metrics["duration_s"]  # cut short by the death
+    assert run.data.tags["tracker.run.partial"].startswith("stopped during window 1 of 3")
     parent = parent_run(client)
     assert parent.info.status == "FAILED"
     assert "server" in {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -245,13 +271,13 @@ def test_a_server_that_dies_mid_run_leaves_a_failed_run_with_the_energy_so_far(c
 @pytest.mark.slow
 def test_ctrl_c_ends_the_level_killed_with_its_energy_and_stops_the_launched_server(tmp_path, client):
     mark = tmp_path / "server.pid"
-    command = [sys.executable, "-m", "tracker", "serve-bench", "--launch", f"{FAKE} {{port}} --mark-after 120 {mark}",
+    command = [sys.executable, "-m", "tracker", "serve-bench", "--launch", f"{FAKE} {{port}} --mark-after 300 {mark}",
                "--concurrency", "2", "--windows", "3", "--min-window-s", "20", "--country", "FRA"]
     with started(command) as process:
         deadline = time.monotonic() + 240
-        while not mark.exists():  # the 120th request: the first window is open by then
+        while not mark.exists():  # the 300th request: the first window is open by then
             assert process.poll() is None, process.stderr.read()
-            assert time.monotonic() < deadline, "the server never saw 120 requests"
+            assert time.monotonic() < deadline, "the server never saw 300 requests"
             time.sleep(0.1)
         server_pid = int(mark.read_text())
         process.send_signal(signal.SIGINT)
