@@ -9,7 +9,7 @@ import platform
 from importlib import metadata
 
 from tracker.measurement.attribution import CONTENDED_BACKGROUND_SHARE, contention, gpu_counter_check
-from tracker.measurement.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter
+from tracker.measurement.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter, PhaseReading
 from tracker.measurement.outcome import RunOutcome
 from tracker.recording.lifecycle import RunRecorder
 
@@ -20,16 +20,22 @@ def outcome_tags(meter: EnergyMeter, outcome: RunOutcome, *, expected_inferences
                  note: str) -> dict[str, str]:
     """How every figure was obtained: the meter's methods, the hardware, unreadable components,
     attribution and contention, and why quality is missing where it is."""
-    tags = meter.provenance()
+    tags = meter_tags(meter, meter.readings)
     if outcome.quality_unavailable:
         tags["tracker.quality.unavailable"] = outcome.quality_unavailable
         tags["tracker.quality.meaningful"] = "false"
-    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
-    unreadable = [r for r in meter.readings if r.reason]
-    if unreadable:
-        tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)
     tags.update(measurement_tags(outcome, expected_inferences=expected_inferences, note=note,
                                  attribution=meter.rates().describe()))
+    return tags
+
+
+def meter_tags(meter: EnergyMeter, readings: list[PhaseReading]) -> dict[str, str]:
+    """The meter's methods, the hardware, and which of ``readings`` could not be taken, and why."""
+    tags = meter.provenance()
+    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
+    unreadable = [r for r in readings if r.reason]
+    if unreadable:
+        tags["tracker.energy.unavailable"] = "; ".join(f"{r.name}: {r.reason}" for r in unreadable)[:5000]
     return tags
 
 

@@ -378,17 +378,15 @@ def _quality(config: ServeConfig, workload: Workload, records: list[RequestRecor
 
 
 def _measurement_tags(meter: EnergyMeter, first: int) -> dict[str, str]:
+    from tracker.recording.provenance import meter_tags
+
     readings = meter.readings[first:]
-    tags = meter.provenance()
-    tags.update({f"tracker.hardware.{k}": str(v) for k, v in meter.hardware().items() if v not in (None, "")})
+    tags = meter_tags(meter, readings)
     tags["tracker.energy.attribution"] = meter.rates().describe().replace("this process tree", "the server's tree")
     contended = [f"{r.name}: {r.contended}" for r in readings if r.contended]
     tags["tracker.measurement.contended"] = str(bool(contended)).lower()
     if contended:
         tags["tracker.measurement.contended_reason"] = "; ".join(contended)[:5000]
-    unreadable = [f"{r.name}: {r.reason}" for r in readings if r.reason]
-    if unreadable:
-        tags["tracker.energy.unavailable"] = "; ".join(unreadable)[:5000]
     return tags
 
 
