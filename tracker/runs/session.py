@@ -60,7 +60,7 @@ def measure(config: RunConfig, *, reference: ModelReference | None = None, tags:
     tags = plan_tags | (tags or {})
     meter = EnergyMeter(location=location, device=plan.device,
                         tracking_mode=config.tracking_mode)  # type: ignore[arg-type]
-    run_name = f"{_short(plan.model.name)} · {plan.dataset.name} · bs{config.batch_size} · {config.precision}"
+    run_name = f"{short_model_name(plan.model.name)} · {plan.dataset.name} · bs{config.batch_size} · {config.precision}"
     # SIGINT/SIGTERM raise from the run's creation on (held during each write), so that one arriving
     # while its params and inputs are written still ends it KILLED rather than leaving it RUNNING.
     with interrupts_raise(), recorded_run(experiment=config.experiment_name, run_name=run_name, tags=tags) as recorder:
@@ -262,7 +262,8 @@ def _short_text(value: Any) -> str:
     return text if len(text) <= SAMPLE_TEXT_CHARS else text[:SAMPLE_TEXT_CHARS - 1] + "…"
 
 
-def _short(model_name: str) -> str:
+def short_model_name(model_name: str) -> str:
+    """A model's name as run names show it: the last part of a Hub id or a folder's path."""
     return model_name.rstrip("/").split("/")[-1]
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from tracker.errors import RunInterrupted
+from tracker.measurement.energy import KWH_TO_J
 from tracker.measurement.meter import EnergyMeter, PhaseReading
+from tracker.runs.session import short_model_name
 from tracker.serving.config import BUILTIN_SERVE_MODEL, ServeConfig
 from tracker.serving.figures import WindowFigures, level_figures, meets_targets, tpot_ms, ttft_ms, window_counts
 from tracker.serving.levels import LevelResult, level_plan, settings_slug, summarize
@@ -125,7 +127,7 @@ class _Sweep:
             if self.parent_id is None:
                 raise  # nothing measured yet: the one line is the answer
             slug = settings_slug(settings)
-            failed_run(self.mlflow, self.config.experiment, f"{_short(self.model)} · {slug}",
+            failed_run(self.mlflow, self.config.experiment, f"{short_model_name(self.model)} · {slug}",
                        {"mlflow.parentRunId": self.parent_id, "tracker.serve.settings": slug},
                        {f"server.{k}": v for k, v in settings.items()}, str(err))
             logger.warning("settings %s: %s", slug, err)
@@ -149,7 +151,7 @@ def _open_sweep(mlflow: Any, config: ServeConfig, model: str, tags: dict[str, st
 def _sweep_name(config: ServeConfig, model: str) -> str:
     levels = ",".join(level.slug for level in config.levels()) or "auto"
     grid = len(config.setting_grid())
-    return f"serve · {_short(model)} · {levels}" + (f" · {grid} settings" if grid > 1 else "")
+    return f"serve · {short_model_name(model)} · {levels}" + (f" · {grid} settings" if grid > 1 else "")
 
 
 def server_log_dir() -> Path:
@@ -236,7 +238,7 @@ def _measure_level(config: ServeConfig, level: Level, server: Server, client: Cl
     level_params = params | {f"server.{k}": v for k, v in settings.items()}
     level_params |= ({"concurrency": level.concurrency} if level.concurrency is not None
                      else {"request_rate": level.rate})
-    name = f"{_short(server.model)} · {level.name}" + (f" · {settings_slug(settings)}" if settings else "")
+    name = f"{short_model_name(server.model)} · {level.name}" + (f" · {settings_slug(settings)}" if settings else "")
     with recorded_run(experiment=config.experiment, run_name=name, tags=tags) as recorder:
         recorder.log(params=level_params)
         first_reading = len(meter.readings)
@@ -278,7 +280,7 @@ def _run_windows(config: ServeConfig, level: Level, server: Server, meter: Energ
     finished_ok = False
     try:
         warm = max(config.warmup_requests, level.concurrency or 0)
-        _wait_for(load, server, warm, config.request_timeout_s + config.max_window_s,
+        _wait_for(load, server, meter.probe, warm, config.request_timeout_s + config.max_window_s,
                   what=f"{warm} warm-up request(s) to end")
         for number in range(config.windows):
             with meter.phase(f"{phase}-w{number + 1}") as reading:
@@ -304,24 +306,24 @@ def _run_windows(config: ServeConfig, level: Level, server: Server, meter: Energ
                            config.request_timeout_s + 5)
 
 
-def _wait_for(load: Load, server: Server, count: int, timeout_s: float, *, what: str) -> None:
+def _wait_for(load: Load, server: Server, probe: Any, count: int, timeout_s: float, *, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not load.wait_finished(count, timeout_s=POLL_S):
-        _check_server(server)
+        _check_server(server, probe)
         if time.monotonic() > deadline:
             raise ServerError(f"the server did not let {what} within {timeout_s:g} s "
                               f"({load.finished_count()} ended); raise --request-timeout-s, or check the server")
     failed = [r for r in load.records if not r.ok]
     if load.records and len(failed) == len(load.records):
-        _check_server(server)
+        _check_server(server, probe)
         raise ServerError(f"every warm-up request failed ({failed[-1].outcome}: {failed[-1].detail.strip()[:200]})")
 
 
-def _check_server(server: Server, probe: Any = None) -> None:
-    """Raise ServerLost once the server's process has ended; first, ``probe`` reads its CPU time."""
-    if probe is not None:
-        probe.remember()
-    if not server.alive():
+def _check_server(server: Server, probe: Any) -> None:
+    """Raise ServerLost once the server's process has ended (``probe`` is the meter's, on its tree);
+    first, the probe reads the tree's CPU time, which a process that ended no longer shows."""
+    probe.remember()
+    if not probe.root_alive():
         code = server.launched.poll() if server.launched is not None else None
         detail = f" (exit code {code})" if code is not None else ""
         log = (f"; its log: {server.log_path} (also the sweep run's artifact server/server.log)"
@@ -359,7 +361,7 @@ def _prefill_split(config: ServeConfig, level: Level, server: Server, client: Cl
     _run_windows(config, level, server, meter, load, windows, phase=f"{level.slug}-prefill")
     prefill = level_figures(load.records, windows, slo_ttft_ms=None, slo_tpot_ms=None)
     per_input = prefill.get("energy_j_per_input_token", math.nan)
-    joules = full.get("energy_kwh", math.nan) * 3.6e6
+    joules = full.get("energy_kwh", math.nan) * KWH_TO_J
     decode = ((joules - per_input * full.get("input_tokens", math.nan)) / full["output_tokens"]
               if full.get("output_tokens") else math.nan)
     return {"prefill_energy_j_per_input_token": per_input, "decode_energy_j_per_output_token": decode,
@@ -419,8 +421,3 @@ def _log_summary(mlflow: Any, run_id: str, summary: dict[str, Any]) -> None:
     if summary.get("tie"):
         tags.append(RunTag("tracker.serve.tie", f"within the 95% interval of the best: {summary['tie']}"))
     mlflow.log_batch(run_id, metrics=metrics, tags=tags)
-
-
-def _short(model: str) -> str:
-    return Path(model.rstrip("/")).name or model
-

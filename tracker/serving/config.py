@@ -122,7 +122,8 @@ class ServeConfig:
 
         if self.request_rate:
             if self.concurrency != DEFAULT_CONCURRENCY:
-                raise ConfigError("give closed-loop levels (--concurrency) or open-loop ones (--request-rate), not both")
+                raise ConfigError("give closed-loop levels (--concurrency) or open-loop ones (--request-rate), "
+                                  "not both")
             rates = []
             for text in self.request_rate:
                 try:

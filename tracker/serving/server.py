@@ -56,14 +56,6 @@ class Server:
     def port(self) -> int:
         return port_of(self.endpoint)
 
-    def alive(self) -> bool:
-        import psutil
-
-        try:
-            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
     def stop(self) -> None:
         """Stop a launched server (its whole process group); an attached one is left running."""
         if self.launched is None or self._stopped:
@@ -75,15 +67,13 @@ class Server:
 def server_gpus(server: Server, nvml: Any = None) -> list[int]:
     """The GPUs (NVML indices) on which the server's processes compute; [] without NVML or GPUs.
     ``nvml`` may be a stand-in for the pynvml module."""
-    import psutil
-
     if nvml is None:
         try:
             import pynvml as nvml
         except ImportError:
             return []
     try:
-        pids = {server.pid, *(c.pid for c in psutil.Process(server.pid).children(recursive=True))}
+        pids = _tree(server.pid)
         nvml.nvmlInit()
         found = []
         for index in range(nvml.nvmlDeviceGetCount()):
