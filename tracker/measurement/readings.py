@@ -111,20 +111,15 @@ class SystemProbe:
         # user + system come in clock ticks, so a window of a few ticks could read 0 own time.
         seconds = time.process_time()
         own = self._process.cpu_times()
-        children_s = own.children_user + own.children_system  # reaped children
         try:
-            children = self._process.children(recursive=True)
+            children, listed = _descendants_cpu_s(self._process)
         except psutil.Error:
-            children = []
-        for child in children:  # living children
-            try:
-                times = child.cpu_times()
-                children_s += times.user + times.system
-            except psutil.Error:
-                pass
+            children, listed = {}, 0
+        # Reaped children count in this process's own figures, living ones in theirs.
+        children_s = own.children_user + own.children_system + sum(children.values())
         busy, total = _machine_cpu_s()
         return CpuTimes(own_s=seconds + children_s, machine_busy_s=busy, machine_total_s=total,
-                        children_s=children_s, living_children=len(children))
+                        children_s=children_s, living_children=listed)
 
     def _other_tree_cpu(self) -> CpuTimes:
         """The measured tree's CPU time (another process's), this process's own as the companion's."""
@@ -132,19 +127,13 @@ class SystemProbe:
 
         try:
             root = self._root.cpu_times()
-            children = self._root.children(recursive=True)
+            children, _ = _descendants_cpu_s(self._root)
         except psutil.Error:  # the root is gone: the tree's time stands at its last reading
-            root, children = None, []
+            root = None
         if root is not None:
-            seen = {self._root.pid: root.user + root.system}
-            for child in children:
-                try:
-                    times = child.cpu_times()
-                    seen[child.pid] = times.user + times.system
-                except psutil.Error:  # ended since listed: its time is in ``reaped`` once the root reaps it
-                    pass
             # Its children that ended and were reaped count in the root's own figures.
-            self._last_seen, self._last_reaped = seen, root.children_user + root.children_system
+            self._last_seen = {self._root.pid: root.user + root.system, **children}
+            self._last_reaped = root.children_user + root.children_system
         own = sum(self._last_seen.values()) + self._last_reaped
         busy, total = _machine_cpu_s()
         # Every second of it is read in clock ticks: the error rule of children applies to all of it.
@@ -241,6 +230,24 @@ class SystemProbe:
                 continue  # unreadable (root only on recent kernels): CodeCarbon models instead
             readings[zone.name] = (energy, limit)
         return readings or None
+
+
+def _descendants_cpu_s(process: Any) -> tuple[dict[int, float], int]:
+    """The user + system seconds of each living descendant of a psutil process, by pid, and how
+    many were listed. A child that ends between being listed and being read has no seconds here:
+    once reaped, its time is in its parent's children figures. Raises psutil.Error where the
+    process itself is gone."""
+    import psutil
+
+    seconds = {}
+    listed = process.children(recursive=True)
+    for child in listed:
+        try:
+            times = child.cpu_times()
+            seconds[child.pid] = times.user + times.system
+        except psutil.Error:
+            pass
+    return seconds, len(listed)
 
 
 def _machine_cpu_s() -> tuple[float, float]:
