@@ -22,6 +22,10 @@ from tracker.measurement.stats import Spread, percentile
 from tracker.serving.loadgen import RequestRecord
 
 PERCENTILES = (50, 90, 99)
+# Window figures a level logs summed over its windows; every other one is their mean.
+WINDOW_TOTALS = frozenset({"energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "emissions_kg",
+                           "machine_energy_kwh", "duration_s", "output_tokens", "input_tokens", "requests_ended",
+                           "server_cpu_s", "client_cpu_s"})
 
 
 @dataclass(frozen=True)
@@ -99,19 +103,19 @@ def level_figures(records: Sequence[RequestRecord], windows: Sequence[WindowFigu
     per_window = [window_counts(records, w) for w in windows]
     metrics: dict[str, float] = {}
     for name in per_window[0] if per_window else ():
-        spread = Spread.of([w[name] for w in per_window])
+        values = [w[name] for w in per_window]
+        if name in WINDOW_TOTALS:
+            metrics[name] = sum(values)
+            continue
+        spread = Spread.of(values)
         metrics[name] = spread.mean
         if len(per_window) > 1 and name.startswith(("energy_j_per", "emissions_g_per", "output_tokens_per_s")):
             metrics[f"{name}_std"] = spread.std
     if per_window:
         token = Spread.of([w["energy_j_per_output_token"] for w in per_window])
         metrics["energy_j_per_output_token_ci95_low"], metrics["energy_j_per_output_token_ci95_high"] = token.ci95
-        for name in ("energy_kwh", "energy_cpu_kwh", "energy_gpu_kwh", "energy_ram_kwh", "emissions_kg",
-                     "machine_energy_kwh", "duration_s", "output_tokens", "input_tokens", "requests_ended",
-                     "server_cpu_s", "client_cpu_s"):
-            metrics[name] = sum(w[name] for w in per_window)  # totals over the windows, not means
-        metrics["client_cpu_share"] = (metrics["client_cpu_s"] / sum(w.machine_busy_cpu_s for w in windows)
-                                       if sum(w.machine_busy_cpu_s for w in windows) > 0 else math.nan)
+        busy = sum(w.machine_busy_cpu_s for w in windows)  # the share over all windows, not their mean
+        metrics["client_cpu_share"] = metrics["client_cpu_s"] / busy if busy > 0 else math.nan
         metrics["windows"] = float(len(windows))
     start = windows[0].start_s if windows else math.inf
     end = windows[-1].end_s if windows else -math.inf
