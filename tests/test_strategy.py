@@ -1,5 +1,11 @@
-"""The structured search strategy on known grids (no inference), and the run knobs it searches
+"""The structured search strategy on known grids of several shapes (no inference), and the run knobs it searches
 besides batch size and precision: threads, length sorting, attention, compile."""
+
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,59 +46,114 @@ def _cpu_grid(params):
     return carbon, carbon * 0.01, feasible
 
 
-def test_structured_finds_the_best_that_keeps_quality_bisecting_where_it_breaks():
-    space = Space(BATCHES, ("int8", "bf16", "fp32"))
+def _settings(proposals):
+    return [(p["batch_size"], p["precision"]) for p, _ in proposals]
+
+
+def _reported(proposals, grid):
+    """The cheapest feasible setting the search measured, as the summary reports it."""
+    kept = [s for s in _settings(proposals) if grid({"batch_size": s[0], "precision": s[1]}) is not None
+            and grid({"batch_size": s[0], "precision": s[1]})[2]]
+    return min(kept, key=lambda s: grid({"batch_size": s[0], "precision": s[1]})[0])
+
+
+def _truth(grid, precisions):
+    cells = [(b, p) for b in BATCHES for p in precisions]
+    kept = [s for s in cells if grid({"batch_size": s[0], "precision": s[1]}) is not None
+            and grid({"batch_size": s[0], "precision": s[1]})[2]]
+    return min(kept, key=lambda s: grid({"batch_size": s[0], "precision": s[1]})[0])
+
+
+def test_structured_probes_every_precision_then_bisects_the_most_promising_where_quality_breaks():
+    space = Space(BATCHES, ("fp32", "bf16", "int8"))
     proposals = _search(space, _cpu_grid)
-    settings = [(p["batch_size"], p["precision"]) for p, _ in proposals]
-    # int8's largest batch loses quality: bisected to the largest batch that keeps it (8)
-    assert settings[:4] == [(64, "int8"), (8, "int8"), (32, "int8"), (16, "int8")]
-    assert [r for _, r in proposals[:4]] == ["probe", "bisect", "bisect", "bisect"]
-    # the other precisions' largest batches; none infeasible, so none bisected
-    assert settings[4:6] == [(64, "bf16"), (64, "fp32")]
-    best = min((s for s in settings if _cpu_grid({"batch_size": s[0], "precision": s[1]})[2]),
-               key=lambda s: _cpu_grid({"batch_size": s[0], "precision": s[1]})[0])
-    truth = min(((b, p) for b in BATCHES for p in ("int8", "bf16", "fp32")
-                 if _cpu_grid({"batch_size": b, "precision": p})[2]),
-                key=lambda s: _cpu_grid({"batch_size": s[0], "precision": s[1]})[0])
-    assert best == truth
-    assert len(set(settings)) <= 9  # of 21
-    assert all(_cpu_grid(p)[2] or r in ("probe", "bisect") for p, r in proposals)
+    settings = _settings(proposals)
+    # each precision once, at its largest batch, in the order given
+    assert proposals[:3] == [({"batch_size": 64, "precision": p}, "probe") for p in ("fp32", "bf16", "int8")]
+    # int8 measured cheapest (though it lost quality): bisected first, to the largest batch that keeps it
+    assert settings[3:6] == [(8, "int8"), (32, "int8"), (16, "int8")]
+    assert [r for _, r in proposals[3:6]] == ["bisect"] * 3
+    assert _reported(proposals, _cpu_grid) == _truth(_cpu_grid, space.precisions) == (8, "int8")
+    assert len(set(settings)) <= 12  # of 21
 
 
-def test_a_precision_dearer_than_the_leader_at_its_largest_batch_is_not_bisected():
+@pytest.mark.parametrize("order", list(itertools.permutations(("fp32", "bf16", "int8"))))
+def test_the_order_the_precisions_are_given_in_changes_what_is_measured_first_never_the_answer(order):
+    proposals = _search(Space(BATCHES, order), _cpu_grid)
+    assert _reported(proposals, _cpu_grid) == (8, "int8")
+    assert [r for _, r in proposals[:3]] == ["probe"] * 3
+
+
+def test_a_cost_that_rises_with_the_batch_is_followed_down_even_in_a_precision_dearer_at_its_probe():
+    def grid(params):  # int8 flat at 1.0; fp32 dearer at 64 (2.0) but U-shaped, cheapest at batch 8 (0.5)
+        batch, precision = params["batch_size"], params["precision"]
+        if precision == "int8":
+            return 1.0 + 1 / batch, 0.01, True
+        return 0.5 * (1 + abs(math.log2(batch / 8)) ** 2 / 3), 0.01, True
+
+    proposals = _search(Space(BATCHES, ("int8", "fp32")), grid)
+    assert _reported(proposals, grid) == _truth(grid, ("int8", "fp32")) == (8, "fp32")
+    assert (4, "fp32") in _settings(proposals)  # the neighbour below the best, seen dearer
+    assert {r for _, r in proposals} >= {"probe", "neighbour"}
+
+
+def test_a_precision_that_breaks_quality_at_its_largest_batch_is_bisected_even_when_it_looks_dearer():
+    def grid(params):  # bf16 loses quality above 16 and costs more at 64, yet is cheapest at 16
+        batch, precision = params["batch_size"], params["precision"]
+        if precision == "fp32":
+            return 1.0, 0.01, True
+        return (3.0 if batch > 16 else 0.4 + 1 / batch), 0.01, batch <= 16
+
+    proposals = _search(Space(BATCHES, ("fp32", "bf16")), grid)
+    assert _reported(proposals, grid) == (16, "bf16")
+
+
+def test_quality_that_breaks_at_one_batch_does_not_rule_out_the_next():
+    def grid(params):  # int8 keeps quality at 32 (the cheapest) but not at 16 nor 64
+        batch, precision = params["batch_size"], params["precision"]
+        carbon = {"fp32": 2.0, "int8": 1.0}[precision] * (1 + 4 / batch)
+        return carbon, 0.01, not (precision == "int8" and batch in (16, 64))
+
+    proposals = _search(Space(BATCHES, ("fp32", "int8")), grid)
+    assert _reported(proposals, grid) == (32, "int8")
+
+
+def test_a_failure_bounds_its_precision_from_above_and_nothing_above_it_is_tried():
+    def grid(params):  # out of memory above batch 16 for fp32
+        if params["precision"] == "fp32" and params["batch_size"] > 16:
+            return None
+        return _cpu_grid(params)
+
+    proposals = _search(Space(BATCHES, ("fp32",)), grid)
+    settings = _settings(proposals)
+    assert settings[:4] == [(64, "fp32"), (8, "fp32"), (32, "fp32"), (16, "fp32")]
+    assert _reported(proposals, grid) == (16, "fp32")
+    assert [s for s in settings if s[0] > 16] == [(64, "fp32"), (32, "fp32")]  # tried once each, no more
+
+
+def test_a_precision_whose_process_dies_at_every_batch_is_given_up_and_the_others_go_on():
     def grid(params):
-        carbon, std, feasible = _cpu_grid(params)
-        if params["precision"] == "fp32":
-            return carbon * 5, std, params["batch_size"] < 4  # fp32 breaks early, and costs far more
-        return carbon, std, feasible
+        return None if params["precision"] == "bf16" else _cpu_grid(params)
 
-    settings = [(p["batch_size"], p["precision"]) for p, _ in _search(Space(BATCHES, ("int8", "bf16", "fp32")), grid)]
-    assert (64, "fp32") in settings
-    assert not [s for s in settings if s[1] == "fp32" and s[0] != 64]
+    proposals = _search(Space(BATCHES, ("bf16", "fp32")), grid)
+    # the largest batch, the middle one, the smallest: dead at all three, given up
+    assert [p["batch_size"] for p, _ in proposals if p["precision"] == "bf16"] == [64, 8, 1]
+    assert _reported(proposals, grid) == (32, "fp32") or _reported(proposals, grid) == (64, "fp32")
 
 
-def test_the_plateau_is_followed_down_while_cheaper_and_the_leaders_are_confirmed_when_close():
+def test_neighbours_are_followed_while_cheaper_and_the_leaders_are_confirmed_when_close():
     def grid(params):  # cheapest at batch 16; 16 and 32 within each other's spread
         carbon = {64: 1.3, 32: 1.02, 16: 1.0, 8: 1.5}.get(params["batch_size"], 3.0)
         return carbon, 0.05, True
 
     proposals = _search(Space(BATCHES, ("fp32",)), grid)
     settings = [(p["batch_size"], r) for p, r in proposals]
-    assert settings[:4] == [(64, "probe"), (32, "plateau"), (16, "plateau"), (8, "plateau")]
+    assert settings[:4] == [(64, "probe"), (32, "neighbour"), (16, "neighbour"), (8, "neighbour")]
     # 16 and 32 overlap: the runner-up then the leader measured again, interleaved
     assert settings[4:] == [(32, "confirm"), (16, "confirm")]
 
     apart = lambda params: (1.0 if params["batch_size"] == 64 else 2.0, 0.01, True)  # noqa: E731
-    assert [r for _, r in _search(Space(BATCHES, ("fp32",)), apart)] == ["probe", "plateau"]
-
-
-def test_a_precision_whose_process_dies_is_given_up_and_the_others_go_on():
-    def grid(params):
-        return None if params["precision"] == "bf16" else _cpu_grid(params)
-
-    proposals = _search(Space(BATCHES, ("bf16", "fp32")), grid)
-    assert len([p for p, _ in proposals if p["precision"] == "bf16"]) == 2
-    assert any(p["precision"] == "fp32" for p, _ in proposals)
+    assert [r for _, r in _search(Space(BATCHES, ("fp32",)), apart)] == ["probe", "neighbour"]
 
 
 def test_settings_another_worker_is_measuring_are_not_proposed_again():
@@ -131,7 +192,9 @@ def test_knobs_and_strategies_are_checked():
         parse_tune_config(run, strategy="annealing")
     config = parse_tune_config(run, knobs="batch_size,precision,sort_by_length", max_batch_size="4")
     space = config.space("cpu")
-    assert space.precisions == ("int8", "bf16", "fp32", "fp16")  # the cheapest expected first
+    assert space.precisions == ("fp32", "fp16", "bf16", "int8")  # no order fitted to a machine: the list's
+    assert config.space("cuda").precisions == ("fp32", "fp16", "bf16")
+    assert parse_tune_config(run, precisions="int8,fp32").space("cpu").precisions == ("int8", "fp32")  # as given
     assert space.extra == {"sort_by_length": (False, True)}
     assert config.name.endswith("-sort_by_length")  # another space: another study
 
@@ -211,3 +274,48 @@ def test_sorting_inputs_that_are_not_text_is_refused_before_any_run(cli, client)
     [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
     assert "--sort-by-length needs text inputs" in line
     assert not all_runs(client)
+
+
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "search_efficiency.py"
+
+
+def _benchmark(*args):
+    return subprocess.run([sys.executable, str(BENCHMARK), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_the_search_benchmark_replays_a_grid_a_user_passes_and_judges_the_search_by_that_grid(tmp_path):
+    # a synthetic grid written out (out of memory above a batch) and replayed as a user's file
+    done = _benchmark("--write-synthetic", str(tmp_path), "--per-shape", "1")
+    assert done.returncode == 0, done.stderr
+    user_grid = tmp_path / "oom-0.csv"
+    text = user_grid.read_text()
+    assert "FAILED" in text  # the failures travel in the layout
+    done = _benchmark("--grid", str(user_grid), "--strategies", "structured,random", "--seeds", "1", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    figures = dict(item.split("=") for item in last.split())
+    assert set(figures) == {"search_measurements_median", "best_right", "random", "grids"}
+    assert figures["grids"] == "1"
+    assert 1 <= float(figures["search_measurements_median"]) <= 21 and float(figures["best_right"]) == 1.0
+
+    # a grid whose cheapest setting is changed by hand is judged by what it now says
+    rows = text.splitlines()
+    cheap = [i for i, row in enumerate(rows) if ",1,fp32," not in row and ",FINISHED," in row][-1]
+    cells = rows[cheap].split(",")
+    cells[3] = str(float(cells[3]) / 100)  # now far the cheapest
+    cells[4] = str(float(cells[3]) * 1.01)
+    rows[cheap] = ",".join(cells)
+    user_grid.write_text("\n".join(rows) + "\n")
+    done = _benchmark("--grid", str(user_grid), "--strategies", "structured", "--seeds", "1", "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    figures = dict(item.split("=") for item in done.stdout.strip().splitlines()[-1].split())
+    assert float(figures["best_right"]) == 1.0  # the structured search still reports the true best
+
+
+def test_the_search_benchmark_refuses_a_grid_without_a_column_in_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("batch_size,precision,status,emissions_g_per_output\n1,fp32,FINISHED,1.0\n")
+    done = _benchmark("--grid", str(bad))
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [f"grid {bad}: missing column(s) quality: see the layout in "
+                                                "benchmarks/search_efficiency.py's docstring"]

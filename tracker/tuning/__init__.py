@@ -15,10 +15,10 @@ Layout of a search, in MLflow and Optuna:
   trial that kills its process (SIGILL, a segfault, the OOM killer) is recorded FAILED with the
   signal's name, that precision alone suffers, and the search goes on.
 
-The next setting comes from the strategy (``strategies``): ``structured`` by default (per
-precision the largest batch first, bisection where quality breaks, the plateau, the other knobs
-on the leader, then the leader and runner-up measured again), or Optuna's TPE, GP, random or grid
-sampler.
+The next setting comes from the strategy (``strategies``): ``structured`` by default (each
+precision probed where it runs, then the most promising first: bisection where quality breaks, the
+batch neighbours while cheaper, the other knobs on the leader, then the leader and runner-up
+measured again), or Optuna's TPE, GP, random or grid sampler.
 
 Every measurement has at least ``MIN_WINDOWS`` query windows, so each carbon figure has a spread;
 a trial whose windows were contended (other processes busy on the machine) is measured again.

@@ -10,7 +10,7 @@ from tracker.errors import ConfigError
 from tracker.loading.precision import PRECISIONS
 from tracker.options import option, parse_values
 from tracker.runs.config import RunConfig
-from tracker.tuning.strategies import DEFAULT_KNOBS, PRECISION_ORDER, STRATEGIES, Space, knob_values, parse_knobs
+from tracker.tuning.strategies import DEFAULT_KNOBS, STRATEGIES, Space, knob_values, parse_knobs
 
 Objective = Literal["carbon", "pareto"]
 TUNE_SEARCHES = ("batch_size", "precision")  # run options the search sets itself: not tune's flags
@@ -88,10 +88,10 @@ class TuneConfig:
         return [p for p in PRECISIONS if not (p == "int8" and device != "cpu")]
 
     def space(self, device: str) -> Space:
-        """The settings searched: batch sizes, precisions in the order the structured strategy
-        tries them, and each other knob asked for (its values, the run's default first)."""
-        order = PRECISION_ORDER["cpu" if device == "cpu" else "cuda"]
-        precisions = sorted(self.search_precisions(device), key=lambda p: order.index(p) if p in order else len(order))
+        """The settings searched: batch sizes, precisions in the order given (the structured strategy
+        probes them in that order and then ranks them by what it measured), and each other knob asked
+        for (its values, the run's default first)."""
+        precisions = self.search_precisions(device)
         extra = {}
         for name in self.knobs:
             if name in ("batch_size", "precision"):

@@ -1,14 +1,24 @@
 """How a search picks its next setting: the structured strategy, or one of Optuna's samplers.
 
-The structured strategy uses what is known of the space (Power Hungry Processing's measurements,
-and ours): carbon per output falls as the batch grows, until a plateau, and a precision's quality
-loss, when it has one, grows with the batch (int8's dynamic quantization scales activations per
-batch). So, per precision, it measures the largest batch first; where that loses too much quality
-it bisects for the largest batch that keeps it (a precision whose largest batch already costs more
-than the leader is not searched further: its smaller batches cost more still). Then it steps down
-from the leader while that is cheaper (the plateau), tries each other knob asked for on the
-leader, and, when the leader's and runner-up's intervals overlap, measures both again,
-interleaved, so the summary can say whether it is a tie.
+The structured strategy assumes no table of which precision is cheapest and no shape of cost
+against batch size; it learns both from what this machine shows, in four steps:
+
+1. **Probe**: each precision once, at the largest batch that runs. A setting that fails (out of
+   memory, a crash) bounds its precision from above: the search bisects below it for the largest
+   batch that runs, and gives a precision up only when its smallest batch fails too.
+2. **Per precision, most promising first** (the cheapest measured so far): where the largest batch
+   that runs loses quality, bisect for the largest that keeps it; then walk from the precision's
+   cheapest feasible batch to its neighbours, on both sides, while a neighbour is cheaper. A
+   neighbour that loses quality is looked past (a break at one batch does not rule out the next);
+   a failure is not (memory grows with the batch).
+3. Each other knob asked for, on the leader, and the leader's batch neighbours with those knobs.
+4. Leader and runner-up measured again, interleaved, when their intervals overlap, so the summary
+   can say whether it is a tie.
+
+What it does assume: cost and quality along the batch sizes of one precision have few local
+minima (a rugged landscape can hide a cheaper setting two batches away), and the precision that is
+cheapest somewhere is usually cheapest near where it was probed (only the order of the search, not
+its answer, depends on that). The precisions' given order only decides which is probed first.
 
 It is an Optuna sampler that reads the study's trials, so a study stays resumable and several
 workers on one PostgreSQL study share it (a setting being measured by another worker is not
@@ -31,14 +41,8 @@ STRATEGIES = ("structured", "tpe", "gp", "random", "grid")
 Strategy = Literal["structured", "tpe", "gp", "random", "grid"]
 KNOBS = ("batch_size", "precision", "threads", "sort_by_length", "attention", "compile")
 DEFAULT_KNOBS = ("batch_size", "precision")
-MAX_FAILURES_PER_PRECISION = 2  # a precision whose measurements die this often (e.g. SIGILL) is given up
 
-# The precisions in the order the structured strategy tries them: the cheapest expected first, so
-# that the leader is known early and costlier precisions can be cut short. On CPUs here int8 cost
-# least, bf16 about a fifth of fp32 from batch 16, fp16 the most (README, "What it has measured").
-PRECISION_ORDER = {"cpu": ("int8", "bf16", "fp32", "fp16"), "cuda": ("fp16", "bf16", "fp32", "int8")}
-
-Role = Literal["probe", "bisect", "plateau", "knob", "confirm"]
+Role = Literal["probe", "bisect", "neighbour", "knob", "confirm"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Space:
     """The settings a search may measure: each knob's values, the run's default first."""
 
     batch_sizes: tuple[int, ...]  # ascending
-    precisions: tuple[str, ...]  # in the order the structured strategy tries them
+    precisions: tuple[str, ...]  # in the order the structured strategy probes them
     extra: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # other knobs searched
 
     def choices(self) -> dict[str, tuple[Any, ...]]:
@@ -104,60 +108,119 @@ def plan(space: Space, measured: Sequence[Measured]) -> tuple[dict[str, Any], Ro
     settings: dict[tuple, _Setting] = {}
     for m in measured:
         settings.setdefault(key(m.params), _Setting([])).measurements.append(m)
-    known = lambda params: settings.get(key(params))  # noqa: E731
 
-    def leaders() -> list[tuple[dict[str, Any], _Setting]]:
-        ranked = [(dict(k), s) for k, s in settings.items() if s.finished and s.feasible
-                  and not math.isnan(s.carbon.mean)]
-        return sorted(ranked, key=lambda item: item[1].carbon.mean)
+    def row(base: dict[str, Any]) -> list[_Setting | None]:
+        return [settings.get(key(base | {"batch_size": b})) for b in space.batch_sizes]
 
-    # 1. Per precision: the largest batch, then bisection for the largest batch that keeps quality.
-    batches = space.batch_sizes
-    for precision in space.precisions:
-        states = [known(space.setting(b, precision)) for b in batches]
-        if sum(1 for s in states if s is not None and s.failed) >= MAX_FAILURES_PER_PRECISION:
-            continue
-        top = states[-1]
-        if top is None:
-            return space.setting(batches[-1], precision), "probe"
-        if top.pending or top.feasible:
-            continue
-        ranked = leaders()
-        if top.finished and ranked and top.carbon.mean >= ranked[0][1].carbon.mean:
-            continue  # infeasible and already dearer than the leader: its smaller batches cost more
-        low = max((i for i, s in enumerate(states) if s is not None and s.finished and s.feasible), default=-1)
-        high = min(i for i, s in enumerate(states) if i > low and s is not None and not s.pending
-                   and not (s.finished and s.feasible))
-        if high - low <= 1:
-            continue
-        middle = (low + high + 1) // 2  # leaning to the larger batch: it is the cheaper one
-        if states[middle] is None:
-            return space.setting(batches[middle], precision), "bisect"
+    def at(base: dict[str, Any], index: int) -> dict[str, Any]:
+        return base | {"batch_size": space.batch_sizes[index]}
 
-    ranked = leaders()
+    bases = [space.setting(space.batch_sizes[-1], p) for p in space.precisions]
+    # 1. Each precision once, where it runs.
+    for base in bases:
+        index = _runnable_step(row(base))
+        if index is not None:
+            return at(base, index), "probe"
+    # 2. Per precision, the cheapest measured first: bisect where quality breaks, then the neighbours.
+    for base in sorted(bases, key=lambda b: _cheapest(row(b))):
+        cells = row(base)
+        index = _bisect_step(cells)
+        if index is not None:
+            return at(base, index), "bisect"
+        index = _neighbour_step(cells)
+        if index is not None:
+            return at(base, index), "neighbour"
+    ranked = sorted(((dict(k), s) for k, s in settings.items() if _good(s)), key=lambda item: item[1].carbon.mean)
     if not ranked:
         return None
-    leader, _ = ranked[0]
-    # 2. The plateau: a smaller batch of the leader's settings, while that is cheaper.
-    index = batches.index(leader["batch_size"])
-    if index > 0:
-        smaller = leader | {"batch_size": batches[index - 1]}
-        if known(smaller) is None:
-            return smaller, "plateau"
-    # 3. Every other knob asked for, on the leader.
+    leader = ranked[0][0]
+    # 3. Every other knob asked for, on the leader, and the leader's batch neighbours with its knobs.
     for name, values in space.extra.items():
         for value in values:
             candidate = leader | {name: value}
-            if known(candidate) is None:
+            if settings.get(key(candidate)) is None:
                 return candidate, "knob"
+    index = _neighbour_step(row(leader))
+    if index is not None:
+        return at(leader, index), "neighbour"
     # 4. Leader and runner-up measured again, interleaved, when their intervals overlap.
     if len(ranked) > 1:
-        (runner_up, second), (_, first) = ranked[1], ranked[0]
+        (runner_up, second), (leader, first) = ranked[1], ranked[0]
         if _overlap(first.carbon, second.carbon):
             for params, setting in ((runner_up, second), (leader, first)):
                 if len(setting.finished) < 2 and not any(m.pending for m in setting.measurements):
                     return params, "confirm"
     return None
+
+
+def _good(setting: _Setting | None) -> bool:
+    """Measured, kept quality, and has a figure."""
+    return setting is not None and bool(setting.finished) and setting.feasible and not math.isnan(setting.carbon.mean)
+
+
+def _ran(setting: _Setting | None) -> bool:
+    return setting is not None and bool(setting.finished)
+
+
+def _failed(setting: _Setting | None) -> bool:
+    return setting is not None and setting.failed
+
+
+def _cheapest(cells: list[_Setting | None]) -> float:
+    """The lowest figure measured in a precision, kept quality or not: its promise."""
+    figures = [c.carbon.mean for c in cells if _ran(c) and not math.isnan(c.carbon.mean)]
+    return min(figures, default=math.inf)
+
+
+def _failure_bound(cells: list[_Setting | None]) -> int:
+    """The index of the smallest batch that failed above the largest that ran (memory grows with the
+    batch: nothing above a failure is tried), or the number of batches."""
+    ran = max((i for i, c in enumerate(cells) if _ran(c)), default=-1)
+    return min((i for i, c in enumerate(cells) if i > ran and _failed(c)), default=len(cells))
+
+
+def _runnable_step(cells: list[_Setting | None]) -> int | None:
+    """Where to measure a precision that has not run yet: its largest batch, then (after a failure)
+    bisection below the failure, then its smallest batch; None once it ran, is being measured, or
+    failed even at its smallest batch (given up)."""
+    if any(_ran(c) for c in cells) or any(c is not None and c.pending for c in cells) or _failed(cells[0]):
+        return None
+    failures = [i for i, c in enumerate(cells) if _failed(c)]
+    if not failures:
+        return len(cells) - 1
+    if len(failures) >= 2:  # twice without running: the smallest batch says whether it runs at all
+        return 0
+    return failures[0] // 2
+
+
+def _bisect_step(cells: list[_Setting | None]) -> int | None:
+    """Between the largest batch that kept quality and the smallest above it that lost it or failed,
+    the middle (leaning to the larger batch); None when they are neighbours or it is being measured."""
+    if not any(_ran(c) for c in cells):
+        return None
+    low = max((i for i, c in enumerate(cells) if _good(c)), default=-1)
+    high = min((i for i, c in enumerate(cells) if i > low and (_ran(c) or _failed(c))), default=None)
+    if high is None or high - low <= 1:
+        return None
+    middle = (low + high + 1) // 2
+    return middle if cells[middle] is None else None
+
+
+def _neighbour_step(cells: list[_Setting | None]) -> int | None:
+    """The unmeasured neighbour of the precision's cheapest feasible batch: the next smaller, and the
+    next larger, looking past one that lost quality but not past a failure; None when both are known."""
+    good = [i for i, c in enumerate(cells) if _good(c)]
+    if not good:
+        return None
+    best = min(good, key=lambda i: cells[i].carbon.mean)
+    bound = _failure_bound(cells)
+    sides = [best - 1] if best > 0 else []
+    above = best + 1
+    if above < bound and _ran(cells[above]) and not cells[above].feasible:
+        above += 1  # a break at one batch does not rule out the next
+    if above < bound:
+        sides.append(above)
+    return next((i for i in sides if cells[i] is None), None)
 
 
 def _overlap(a: Spread, b: Spread) -> bool:
