@@ -49,7 +49,7 @@ def user_env(**extra: str) -> dict[str, str]:
 
 
 def _study(definition: Path | str, uri: str, address: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
+    return subprocess.run([sys.executable, "-m", "tracker", "study", "--remeasure", "0", str(definition), "--executor", "ray",
                            "--address", address, *extra], env=user_env(MLFLOW_TRACKING_URI=uri),
                           capture_output=True, text=True, timeout=900)
 
@@ -81,7 +81,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
         client = MlflowClient(tracking_uri=uri)
 
         # A store on this machine is refused before any run: the second node could not reach it.
-        refused = subprocess.run([sys.executable, "-m", "tracker", "study", str(REPO / "experiments/smoke.yaml"),
+        refused = subprocess.run([sys.executable, "-m", "tracker", "study", "--remeasure", "0", str(REPO / "experiments/smoke.yaml"),
                                   "--executor", "ray", "--address", cluster.address],
                                  env=user_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/local.db"),
                                  capture_output=True, text=True, timeout=300)
@@ -116,7 +116,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
         definition.write_text("task: summarization\nexperiment: cluster-loss\ndatasets: [builtin]\n"
                               "params: {n_samples: 80, batch_size: 1, warmup: 0, country: FRA}\n"
                               "models: [builtin-tiny, {model: builtin-tiny, seed: 1}]\n")
-        stopped = subprocess.Popen([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
+        stopped = subprocess.Popen([sys.executable, "-m", "tracker", "study", "--remeasure", "0", str(definition), "--executor", "ray",
                                     "--address", cluster.address], env=user_env(MLFLOW_TRACKING_URI=uri),
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -134,7 +134,7 @@ def test_a_study_spreads_over_two_nodes_one_at_a_time_skips_stops_resumes_and_su
 
         # Resumed, with a node stopped mid-study: its run is closed, not left RUNNING, and its
         # combination measured elsewhere.
-        study = subprocess.Popen([sys.executable, "-m", "tracker", "study", str(definition), "--executor", "ray",
+        study = subprocess.Popen([sys.executable, "-m", "tracker", "study", "--remeasure", "0", str(definition), "--executor", "ray",
                                   "--address", cluster.address], env=user_env(MLFLOW_TRACKING_URI=uri),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -190,7 +190,7 @@ def test_two_tune_workers_on_the_cluster_share_one_study(ray_cluster, hermetic):
     (["--executor", "ray", "--address", "127.0.0.1:1"], "no Ray cluster answers at --address 127.0.0.1:1"),
 ])
 def test_executor_flags_are_checked_in_one_line_before_any_run(cli, client, flags, message):
-    code, _, err = cli("study", str(REPO / "experiments/smoke.yaml"), *flags)
+    code, _, err = cli("study", "--remeasure", "0", str(REPO / "experiments/smoke.yaml"), *flags)
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("tracker: error:")]
     assert message in line
@@ -235,7 +235,7 @@ def not_ray():
 
 def test_a_head_that_answers_but_is_not_ray_is_refused_in_one_line(not_ray, hermetic):
     """Ray alone retries such a head for minutes; the driver gives it CONNECT_S and says what to do."""
-    done = subprocess.run([sys.executable, "-m", "tracker", "study", str(REPO / "experiments/smoke.yaml"),
+    done = subprocess.run([sys.executable, "-m", "tracker", "study", "--remeasure", "0", str(REPO / "experiments/smoke.yaml"),
                            "--executor", "ray", "--address", not_ray.address], env=user_env(),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr[-3000:]
@@ -246,7 +246,7 @@ def test_a_head_that_answers_but_is_not_ray_is_refused_in_one_line(not_ray, herm
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_while_connecting_ends_the_command_at_once(not_ray, hermetic, client, sig, code):
-    command = [sys.executable, "-m", "tracker", "study", str(REPO / "experiments/smoke.yaml"), "--executor", "ray",
+    command = [sys.executable, "-m", "tracker", "study", "--remeasure", "0", str(REPO / "experiments/smoke.yaml"), "--executor", "ray",
                "--address", not_ray.address]
     with started(command, user_env()) as driver:
         assert not_ray.connected.wait(120), "Ray never tried to connect"

@@ -14,6 +14,7 @@ import sys
 from tracker.console import configure_logging, say
 from tracker.errors import ConfigError, RunInterrupted, TrackerError, UserError
 from tracker.execution.placement import Placement
+from tracker.execution.remeasure import Remeasure
 from tracker.options import add_flags, boolean, integer, options_of
 from tracker.recording.signals import signals_restored
 from tracker.runs.config import RunConfig
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure again combinations that already have a FINISHED run")
     study.add_argument("--n-samples", help="override the definition's n_samples (e.g. for a quick try)")
     study.add_argument("--dry-run", action="store_true", help="list the runs without running them")
+    add_flags(study, RunConfig, exclude=[f.name for f in options_of(RunConfig) if f.name != "wait_for_quiet"])
+    add_flags(study, Remeasure)
     add_flags(study, Placement, exclude=["workers"])
     tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
     add_flags(tune, RunConfig, exclude=[*TUNE_SEARCHES, "progress"], required=["task"])  # trials show no bar
@@ -213,7 +216,9 @@ def _study(args: argparse.Namespace) -> int:
 
     force = boolean("--force", args.force)
     placement = Placement.parse(executor=args.executor, address=args.address, per_node=args.per_node)
-    overrides = {"n_samples": args.n_samples} if args.n_samples not in (None, "") else {}
+    remeasure = Remeasure.parse(remeasure=args.remeasure)
+    overrides = {name: value for name, value in (("n_samples", args.n_samples), ("wait_for_quiet", args.wait_for_quiet))
+                 if value not in (None, "")}
     definition = load_definition(args.definition, overrides)
     if args.dry_run:
         for combination in definition.combinations:
@@ -225,7 +230,7 @@ def _study(args: argparse.Namespace) -> int:
     check_tracking_server()
     try:
         outcomes = run_study(definition, force=force, executor=placement.executor, address=placement.address,
-                             per_node=placement.per_node)
+                             per_node=placement.per_node, remeasure=remeasure.remeasure)
     except KeyboardInterrupt:  # the runs measuring were ended KILLED, with their energy, before this
         print(f"tracker: study {definition.name} interrupted by SIGINT; any run it was measuring ended KILLED with "
               "its energy so far, and the same command resumes it (FINISHED combinations are skipped)",
@@ -235,7 +240,14 @@ def _study(args: argparse.Namespace) -> int:
     for o in outcomes:
         energy = _fmt(o.metrics.get("energy_kwh_per_1k")) if o.metrics else "-"
         print(f"  {o.status:<8} {o.combination.label}  kWh/1k={energy}  run={o.run_id or '-'}"
-              + (f"  ({o.reason})" if o.reason and o.status != "SKIPPED" else ""))
+              + (f"  ({o.reason})" if o.reason and o.status != "SKIPPED" else "")
+              + ("  CONTENDED" if o.contended else ""))
+    contended = [o for o in outcomes if o.contended]
+    if contended:
+        print(f"{len(contended)} of {len(outcomes)} stayed contended after measuring again (--remeasure "
+              f"{remeasure.remeasure}): their figures are less reliable (tag tracker.measurement.contended_reason, "
+              f"e.g. {contended[0].contended}); measure them on a quieter machine or raise --wait-for-quiet",
+              file=sys.stderr)
     failed = [o for o in outcomes if o.status in ("FAILED", "KILLED")]
     if failed:
         print(f"{len(failed)} of {len(outcomes)} failed; each run is FAILED in MLflow with its reason "

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from tracker.errors import ConfigError
+from tracker.execution.remeasure import REMEASURED_BY
 from tracker.recording.lifecycle import finished_runs
 
 NOT_RECORDED = ""  # a setting the run does not record (imported records have no batch size)
@@ -13,6 +14,7 @@ NOT_RECORDED = ""  # a setting the run does not record (imported records have no
 # Why a FINISHED run is not compared, as the report's pages say it.
 LEFT_OUT_SEARCH = "runs of a search (--include-tuning true compares them)"
 LEFT_OUT_INCOMPLETE = "runs without a task, a model or an energy figure"
+LEFT_OUT_REMEASURED = "contended runs measured again (the quieter measurement is compared)"
 
 RUN_COLUMNS = ["run_id", "experiment", "task", "model", "dataset", "batch_size", "precision", "kind",
                "kwh_per_1k", "g_co2_per_1k", "quality", "quality_metric", "higher_is_better",
@@ -37,9 +39,12 @@ def read_runs(client: Any, experiments: list[str], *, include_tuning: bool) -> A
     import pandas as pd
 
     rows = []
-    left_out = {LEFT_OUT_SEARCH: 0, LEFT_OUT_INCOMPLETE: 0}
+    left_out = {LEFT_OUT_SEARCH: 0, LEFT_OUT_INCOMPLETE: 0, LEFT_OUT_REMEASURED: 0}
     for name in experiments:
         for run in finished_runs(client, live_experiment(client, name).experiment_id):
+            if REMEASURED_BY in run.data.tags:
+                left_out[LEFT_OUT_REMEASURED] += 1
+                continue
             if "tracker.tune.study" in run.data.tags and not include_tuning:
                 left_out[LEFT_OUT_SEARCH] += run.data.metrics.get("energy_kwh_per_1k") is not None
                 continue

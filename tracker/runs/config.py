@@ -48,8 +48,9 @@ class RunConfig:
                                         "(default 0: repeats only)")
     # Waiting for quiet changes when a window starts, not what it measures: not in the key.
     wait_for_quiet: float = option(0.0, key="never", param="when_set", param_name="wait_for_quiet_s",
-                                   help="before each window, wait up to this many seconds for other processes "
-                                        "to calm down (default 0)")
+                                   help="before each window (and before a study or search measures a contended "
+                                        "run again), wait up to this many seconds for other processes to leave "
+                                        "the run its CPUs (default 0)")
     warmup: int = option(1, minimum=0, help="batches run before measuring, not counted (default 1)")
     country: str | None = option(help="ISO 3166 alpha-3 code of the grid (default: CodeCarbon config, else USA)")
     carbon_intensity: float | None = option(param="when_set", param_name="carbon_intensity_override_g_per_kwh",

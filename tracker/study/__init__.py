@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tracker.execution.remeasure import REMEASURE_TRIES, REMEASURED_BY
 from tracker.runs.config import RunConfig
 from tracker.study.definition import Combination, StudyDefinition, load_definition
 from tracker.study.outcomes import Executor, Outcome, Pending, Progress
@@ -29,9 +30,10 @@ __all__ = ["Combination", "Outcome", "StudyDefinition", "load_definition", "run_
 
 
 def run_study(definition: StudyDefinition, *, force: bool = False, executor: str = "local",
-              address: str | None = None, per_node: int = 1) -> list[Outcome]:
+              address: str | None = None, per_node: int = 1, remeasure: int = REMEASURE_TRIES) -> list[Outcome]:
     """Measure every combination not measured yet (all with ``force``) through the executor; never
-    stops early for a failed one. Outcomes come back in the definition's order."""
+    stops early for a failed one. A contended measurement is taken again, up to ``remeasure`` more
+    times (``tracker.execution.remeasure``). Outcomes come back in the definition's order."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -48,9 +50,13 @@ def run_study(definition: StudyDefinition, *, force: bool = False, executor: str
     if executor == "ray":
         from tracker.study.on_ray import ray_executor
 
-        measure: Executor = ray_executor(address=address, per_node=per_node)
+        measure: Executor = ray_executor(address=address, per_node=per_node, remeasure=remeasure)
     else:
-        from tracker.study.local import measure_locally as measure
+        from functools import partial
+
+        from tracker.study.local import measure_locally
+
+        measure = partial(measure_locally, remeasure=remeasure)
     for number, outcome in measure(client, definition, pending, progress):
         outcomes[number] = outcome
     return [outcomes[n] for n in sorted(outcomes)]
@@ -65,4 +71,5 @@ def finished_run(client: Any, config: RunConfig) -> str | None:
         [experiment.experiment_id],
         filter_string=(f"tags.`tracker.config_key` = '{config.key()}' and attributes.status = 'FINISHED'"),
         max_results=50)
-    return next((r.info.run_id for r in runs if r.data.tags.get("tracker.run.fallback") != "true"), None)
+    return next((r.info.run_id for r in runs if r.data.tags.get("tracker.run.fallback") != "true"
+                 and REMEASURED_BY not in r.data.tags), None)

@@ -28,16 +28,18 @@ NODE_LOSS_RETRIES = 1  # a combination whose node died is tried once more, elsew
 LOST_RUN_WAIT_S = 15.0  # how long a lost node's run has to close itself KILLED before the driver closes it
 
 
-def measure_on_node(config: dict[str, Any], tags: dict[str, str], attempt: str, env: dict[str, str]) -> dict[str, Any]:
+def measure_on_node(config: dict[str, Any], tags: dict[str, str], attempt: str, env: dict[str, str],
+                    remeasure: int) -> dict[str, Any]:
     """In a Ray worker on its node: the combination measured by `tracker run` in a child process."""
     import os
 
     import ray
     from mlflow import MlflowClient
 
-    from tracker.execution.child import measure_in_child
     from tracker.execution.cluster import cancellable
+    from tracker.execution.remeasure import contention_reason
     from tracker.runs.config import RunConfig
+    from tracker.study.outcomes import measure_quietly
 
     os.environ.update(env)
     context = ray.get_runtime_context()
@@ -46,9 +48,11 @@ def measure_on_node(config: dict[str, Any], tags: dict[str, str], attempt: str, 
     if gpus:
         tags["tracker.executor.gpus"] = ",".join(map(str, gpus))
     client, run_config = MlflowClient(), RunConfig(**config)
-    result = cancellable(lambda on_start: measure_in_child(client, run_config, tags, attempt=attempt, on_start=on_start))
+    result = cancellable(lambda on_start: measure_quietly(client, run_config, tags, remeasure=remeasure,
+                                                          attempt=attempt, on_start=on_start))
     return {"status": result.status, "run_id": result.run.info.run_id, "reason": result.reason,
-            "seconds": result.seconds, "metrics": dict(result.run.data.metrics) if result.status == "FINISHED" else {}}
+            "seconds": result.seconds, "metrics": dict(result.run.data.metrics) if result.status == "FINISHED" else {},
+            "contended": contention_reason(result)}
 
 
 @dataclass
@@ -59,7 +63,7 @@ class _Job:
     attempt: str = ""  # tag tracker.attempt of its current try: how its run is found if its node is lost
 
 
-def ray_executor(*, address: str | None, per_node: int) -> Executor:
+def ray_executor(*, address: str | None, per_node: int, remeasure: int) -> Executor:
     def measure(client: Any, definition: StudyDefinition, pending: Pending,
                 progress: Progress) -> Iterator[tuple[int, Outcome]]:
         if not pending:
@@ -76,7 +80,8 @@ def ray_executor(*, address: str | None, per_node: int) -> Executor:
         def submit(job: _Job, node: Node) -> Any:
             job.attempt = uuid.uuid4().hex
             progress.started(job.combination, f"node {short(node.id)}")
-            return task.options(**slots.options(node)).remote(job.combination.config.as_dict(), tags, job.attempt, env)
+            return task.options(**slots.options(node)).remote(job.combination.config.as_dict(), tags, job.attempt, env,
+                                                              remeasure)
 
         scheduler: NodeScheduler[_Job] = NodeScheduler(ray, slots, submit, what="measure on")
         for number, combination in pending:
@@ -98,7 +103,7 @@ def ray_executor(*, address: str | None, per_node: int) -> Executor:
                 else:
                     reply = placed.value
                     outcome = Outcome(job.combination, reply["status"], reply["run_id"], reply["reason"],
-                                      reply["seconds"], reply["metrics"], where)
+                                      reply["seconds"], reply["metrics"], where, reply["contended"])
                 progress.ended(outcome)
                 yield job.number, outcome
         except BaseException as err:  # Ctrl-C, or the consumer gone: no task measures on unwatched

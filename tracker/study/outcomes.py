@@ -23,6 +23,7 @@ class Outcome:
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
     node: str = ""  # where it was measured, for executors with several machines
+    contended: str = ""  # why its kept measurement is still contended, after measuring it again
 
 
 Pending = list[tuple[int, Combination]]  # (number in the definition, combination)
@@ -54,5 +55,23 @@ class Progress:
 
 def outcome_of(combination: Combination, result: Any, node: str = "") -> Outcome:
     """A study outcome from a child's result (``tracker.execution.child.ChildResult``)."""
+    from tracker.execution.remeasure import contention_reason
+
     metrics = result.run.data.metrics if result.status == "FINISHED" else {}
-    return Outcome(combination, result.status, result.run.info.run_id, result.reason, result.seconds, metrics, node)
+    return Outcome(combination, result.status, result.run.info.run_id, result.reason, result.seconds, metrics, node,
+                   contention_reason(result))
+
+
+def measure_quietly(client: Any, config: Any, tags: dict[str, str], *, remeasure: int, attempt: str | None = None,
+                    on_start: Callable[[Any], None] | None = None) -> Any:
+    """One combination measured in a child process, and again while other work contends it (at
+    most ``remeasure`` more times, each after waiting for quiet up to the run's --wait-for-quiet):
+    the kept ``ChildResult``. Every executor measures through this."""
+    from tracker.execution.child import measure_in_child
+    from tracker.execution.remeasure import measure_until_quiet
+
+    attempts = iter([attempt])
+    kept, _ = measure_until_quiet(
+        client, lambda: measure_in_child(client, config, tags, attempt=next(attempts, None), on_start=on_start),
+        tries=remeasure, wait_s=config.wait_for_quiet, threads=config.threads)
+    return kept

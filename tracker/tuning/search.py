@@ -11,6 +11,7 @@ from typing import Any
 
 from tracker.errors import RunInterrupted, TrackerError
 from tracker.execution.child import SharedLoadChild, measure_in_child
+from tracker.execution.remeasure import REMEASURE_TRIES, measure_until_quiet
 from tracker.recording.signals import interrupts_raise
 from tracker.runs.config import RunConfig
 from tracker.tuning.baseline import (MIN_WINDOWS, OBJECTIVE_METRIC, baseline_config, baseline_failed, carbon_spread,
@@ -219,19 +220,12 @@ class _Objective:
         return carbon
 
     def _measure(self, config: RunConfig, tags: dict[str, str]) -> Any:
-        """One measurement; measured once more when other work contended it, keeping the quieter."""
-        result = self.child.measure(config, tags)
-        if result.status != "FINISHED" or result.run.data.tags.get("tracker.measurement.contended") != "true":
-            return result
-        logger.info("trial measurement %s was contended (%s); measuring it again", result.run.info.run_id,
-                    result.run.data.tags.get("tracker.measurement.contended_reason", ""))
-        again = self.child.measure(config, tags)
-        if again.status != "FINISHED":
-            return result
-        share = lambda r: r.run.data.metrics.get("background_cpu_share", math.inf)  # noqa: E731
-        kept, dropped = (again, result) if share(again) <= share(result) else (result, again)
-        self.client.set_tag(dropped.run.info.run_id, "tracker.tune.state", "REMEASURED")
-        self.client.set_tag(dropped.run.info.run_id, "tracker.tune.remeasured_by", kept.run.info.run_id)
+        """One measurement; measured again when other work contended it, keeping the quieter."""
+        kept, dropped = measure_until_quiet(self.client, lambda: self.child.measure(config, tags),
+                                            tries=REMEASURE_TRIES, wait_s=config.wait_for_quiet, threads=config.threads)
+        for result in dropped:
+            self.client.set_tag(result.run.info.run_id, "tracker.tune.state", "REMEASURED")
+            self.client.set_tag(result.run.info.run_id, "tracker.tune.remeasured_by", kept.run.info.run_id)
         return kept
 
     def _remeasure_baseline(self, study: Any) -> None:
