@@ -35,9 +35,15 @@ from dataclasses import dataclass
 from tracker.measurement.energy import KWH_TO_J, Energy
 from tracker.measurement.readings import CLOCK_TICK_S, GpuState, Snapshot, rapl_delta_uj
 
-# Other processes using at least this share of the machine's CPU time make a window contended:
-# above the few percent an idle system's own daemons use, below one busy core on a 8-core machine.
+# Other processes using at least this share of the machine's CPU time make a window contended, where
+# the threads that want a CPU could not be counted (no /proc) or where measured CPU energy (RAPL) is
+# split by share (others' load changes the package power being split). Elsewhere oversubscription
+# is the test: one busy core is under a tenth of a 16-core machine, yet it takes a core from a
+# thread pool sized to the machine, whose threads then wait at their barriers, spinning.
 CONTENDED_BACKGROUND_SHARE = 0.10
+# Demand for CPUs above the CPUs the run may use by more than this many makes a window contended:
+# half a CPU on average, above what daemons and the readers themselves ask for.
+OVERSUBSCRIPTION_MARGIN_CPUS = 0.5
 # ... and at least this many CPU-seconds: the kernel counts in 10 ms ticks, so over a window of a
 # few ticks one tick of a daemon's work would read as a large share.
 CONTENDED_MIN_BACKGROUND_S = 0.05
@@ -89,6 +95,26 @@ class Window:
     own_cpu_error_s: float = 0.0
     # CPU time of the measurement's companion (a load generator): neither charged nor background.
     companion_cpu_s: float = 0.0
+    # Threads that wanted a CPU, summed over the window's samples (see readings.CpuTimes), and the
+    # CPUs the run may use and the machine has (0: unknown).
+    own_runnable_sum: float = 0.0
+    others_runnable_sum: float = 0.0
+    runnable_samples: int = 0
+    allowed_cpus: float = 0.0
+    logical_cpus: int = 0
+    # Of own_cpu_s, what was shared with other windows open in this process at the same time.
+    split_by_thread_cpu_s: float = 0.0
+    split_equally_cpu_s: float = 0.0
+    # NVML's power integrated over the window (None: fewer than two samples in it), and how many
+    # samples; the hottest GPU's temperature at both edges; SM utilisation summed over samples, the
+    # run's and other processes'; whether the GPU is a MIG instance.
+    gpu_integrated_kwh: float | None = None
+    gpu_power_samples: int = 0
+    gpu_temperature_start_c: float | None = None
+    gpu_temperature_end_c: float | None = None
+    gpu_own_sm: float = 0.0
+    gpu_others_sm: float = 0.0
+    gpu_mig: bool = False
 
     @classmethod
     def between(cls, start: Snapshot, end: Snapshot) -> Window:
@@ -104,7 +130,14 @@ class Window:
                    rapl_cpu_kwh=rapl,
                    own_cpu_error_s=(CLOCK_TICK_S * max(start.cpu.living_children, end.cpu.living_children, 1)
                                     if ticked else 0.0),
-                   companion_cpu_s=max(end.cpu.companion_s - start.cpu.companion_s, 0.0))
+                   companion_cpu_s=max(end.cpu.companion_s - start.cpu.companion_s, 0.0),
+                   own_runnable_sum=end.cpu.own_runnable_sum - start.cpu.own_runnable_sum,
+                   others_runnable_sum=end.cpu.others_runnable_sum - start.cpu.others_runnable_sum,
+                   runnable_samples=end.cpu.runnable_samples - start.cpu.runnable_samples,
+                   allowed_cpus=end.cpu.allowed_cpus, logical_cpus=end.cpu.logical_cpus,
+                   split_by_thread_cpu_s=end.cpu.split_by_thread_s - start.cpu.split_by_thread_s,
+                   split_equally_cpu_s=end.cpu.split_equally_s - start.cpu.split_equally_s,
+                   **_gpu_samples_between(start.gpu, end.gpu))
 
     def __add__(self, other: Window) -> Window:
         """Several windows as one: their times and counters summed, other GPU processes at most."""
@@ -120,7 +153,20 @@ class Window:
                       gpu_reason="; ".join(filter(None, {self.gpu_reason, other.gpu_reason})),
                       rapl_cpu_kwh=both(self.rapl_cpu_kwh, other.rapl_cpu_kwh),
                       own_cpu_error_s=self.own_cpu_error_s + other.own_cpu_error_s,
-                      companion_cpu_s=self.companion_cpu_s + other.companion_cpu_s)
+                      companion_cpu_s=self.companion_cpu_s + other.companion_cpu_s,
+                      own_runnable_sum=self.own_runnable_sum + other.own_runnable_sum,
+                      others_runnable_sum=self.others_runnable_sum + other.others_runnable_sum,
+                      runnable_samples=self.runnable_samples + other.runnable_samples,
+                      allowed_cpus=max(self.allowed_cpus, other.allowed_cpus),
+                      logical_cpus=max(self.logical_cpus, other.logical_cpus),
+                      split_by_thread_cpu_s=self.split_by_thread_cpu_s + other.split_by_thread_cpu_s,
+                      split_equally_cpu_s=self.split_equally_cpu_s + other.split_equally_cpu_s,
+                      gpu_integrated_kwh=both(self.gpu_integrated_kwh, other.gpu_integrated_kwh),
+                      gpu_power_samples=self.gpu_power_samples + other.gpu_power_samples,
+                      gpu_temperature_start_c=self.gpu_temperature_start_c,
+                      gpu_temperature_end_c=other.gpu_temperature_end_c,
+                      gpu_own_sm=self.gpu_own_sm + other.gpu_own_sm,
+                      gpu_others_sm=self.gpu_others_sm + other.gpu_others_sm, gpu_mig=self.gpu_mig or other.gpu_mig)
 
     @property
     def unresolved(self) -> str | None:
@@ -147,6 +193,23 @@ class Window:
         return min(self.own_cpu_s / self.machine_busy_cpu_s, 1.0)
 
     @property
+    def own_runnable(self) -> float:
+        """The run's threads that wanted a CPU, on average over the window; NaN: not counted."""
+        return self.own_runnable_sum / self.runnable_samples if self.runnable_samples else math.nan
+
+    @property
+    def others_demand_cpus(self) -> float:
+        """What other processes asked of the CPUs the run may use, on average: their runnable
+        threads or the CPU time they used, whichever is more, spread over the machine's CPUs as the
+        scheduler spreads work not pinned; NaN: not counted."""
+        if not self.runnable_samples or self.duration_s <= 0:
+            return math.nan
+        others = max(self.others_runnable_sum / self.runnable_samples, self.background_cpu_s / self.duration_s)
+        if self.logical_cpus and self.allowed_cpus:
+            others *= min(self.allowed_cpus / self.logical_cpus, 1.0)
+        return others
+
+    @property
     def background_cpu_s(self) -> float:
         return max(self.machine_busy_cpu_s - self.own_cpu_s - self.companion_cpu_s, 0.0)
 
@@ -158,7 +221,8 @@ class Window:
         return min(self.background_cpu_s / self.machine_total_cpu_s, 1.0)
 
 
-def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = None) -> Energy:
+def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = None,
+              gpu_idle_w: float | None = None) -> Energy:
     """The run's part of the meter's ``machine`` energy over ``window`` (see the module's rules)."""
     share = window.host_share
 
@@ -171,7 +235,7 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
 
     cpu = host(machine.cpu_kwh, rates.cpu_w if rates else None)
     ram = host(machine.ram_kwh, rates.ram_w if rates else None)
-    gpu = machine.gpu_kwh
+    gpu = shared_gpu_kwh(machine.gpu_kwh, window, gpu_idle_w)
     total = cpu + ram + gpu
     if machine.total_kwh > 0:
         emissions = machine.emissions_kg * total / machine.total_kwh
@@ -179,6 +243,27 @@ def attribute(machine: Energy, window: Window, rates: FullLoadRates | None = Non
         emissions = machine.emissions_kg * share
     return Energy(cpu_kwh=cpu, gpu_kwh=gpu, ram_kwh=ram, emissions_kg=emissions,
                   duration_s=machine.duration_s)
+
+
+def gpu_utilisation_share(window: Window) -> float | None:
+    """The run's share of the GPU's SM utilisation over the window, where others used it too and
+    NVML's per-process samples said how much; None otherwise."""
+    total = window.gpu_own_sm + window.gpu_others_sm
+    if not window.background_gpu_processes or total <= 0:
+        return None
+    return window.gpu_own_sm / total
+
+
+def shared_gpu_kwh(gpu_kwh: float, window: Window, idle_w: float | None) -> float:
+    """A GPU's energy as this run's part: whole where the run had it alone; where other processes
+    computed on it too, the idle part split evenly among the processes and the active part by the
+    run's share of SM utilisation (Kepler's rule), where both are known; else whole (and the window
+    is flagged contended either way)."""
+    share = gpu_utilisation_share(window)
+    if share is None or idle_w is None or math.isnan(gpu_kwh):
+        return gpu_kwh
+    idle_kwh = min(idle_w * window.duration_s / KWH_TO_J, gpu_kwh)
+    return idle_kwh / (1 + window.background_gpu_processes) + (gpu_kwh - idle_kwh) * share
 
 
 def estimate(window: Window, rates: FullLoadRates) -> float:
@@ -192,6 +277,8 @@ def estimate(window: Window, rates: FullLoadRates) -> float:
     ram = rates.charged_kwh(window.own_cpu_s, rates.ram_w) if rates.ram_w is not None else math.nan
     if window.gpu_counter_kwh is not None:
         gpu = window.gpu_counter_kwh
+    elif window.gpu_integrated_kwh is not None:
+        gpu = window.gpu_integrated_kwh
     else:
         gpu = math.nan if window.gpu_reason else 0.0
     return cpu + ram + gpu
@@ -200,19 +287,86 @@ def estimate(window: Window, rates: FullLoadRates) -> float:
 def contention(window: Window) -> str | None:
     """Why the window was contended, in words; None when the run had its resources to itself."""
     reasons = []
-    if (window.background_cpu_share >= CONTENDED_BACKGROUND_SHARE
+    oversubscribed = oversubscription(window)
+    if oversubscribed:
+        reasons.append(oversubscribed)
+    share_rule = math.isnan(window.own_runnable) or not window.allowed_cpus or window.rapl_cpu_kwh is not None
+    if (share_rule and window.background_cpu_share >= CONTENDED_BACKGROUND_SHARE
             and window.background_cpu_s >= CONTENDED_MIN_BACKGROUND_S):
         reasons.append(f"other processes used {window.background_cpu_share:.0%} of the machine's CPU time "
                        f"({window.background_cpu_s:.1f} CPU-s against this run's {window.own_cpu_s:.1f} "
                        f"in {window.duration_s:.1f} s)")
     if window.background_gpu_processes:
-        reasons.append(f"{window.background_gpu_processes} other process(es) computed on this run's GPU")
+        share = gpu_utilisation_share(window)
+        reasons.append(f"{window.background_gpu_processes} other process(es) computed on this run's GPU"
+                       + (f" (this run's share of its SM utilisation: {share:.0%}; its idle power split evenly, the "
+                          "rest by that share)" if share is not None else
+                          " (no per-process utilisation to split by: the GPU's energy is counted whole)"))
     return "; ".join(reasons) or None
 
 
+def oversubscription(window: Window) -> str | None:
+    """Why more threads wanted a CPU than the run may use, in words; None when they did not, or
+    when they could not be counted."""
+    own, others, allowed = window.own_runnable, window.others_demand_cpus, window.allowed_cpus
+    if math.isnan(own) or math.isnan(others) or not allowed:
+        return None
+    if own + others <= allowed + OVERSUBSCRIPTION_MARGIN_CPUS:
+        return None
+    if others < OVERSUBSCRIPTION_MARGIN_CPUS or window.background_cpu_s < CONTENDED_MIN_BACKGROUND_S:
+        if own > allowed + OVERSUBSCRIPTION_MARGIN_CPUS:
+            return (f"this run's own threads oversubscribed its CPUs: {own:.1f} wanted a CPU on average, "
+                    f"{allowed:g} CPUs allowed (affinity and cgroup quota)")
+        return None
+    return (f"CPUs oversubscribed: this run's threads ({own:.1f} wanting a CPU on average) and other "
+            f"processes ({others:.1f} CPUs' worth) asked for {own + others:.1f} of the {allowed:g} CPUs it may "
+            f"use (others used {window.background_cpu_s:.1f} CPU-s in {window.duration_s:.1f} s)")
+
+
+def quiet_enough(window: Window, own_threads: float) -> bool:
+    """Whether a run of ``own_threads`` threads would have had its CPUs to itself in this interval
+    (the oversubscription rule, or the share rule where threads could not be counted)."""
+    others = window.others_demand_cpus
+    if math.isnan(others) or not window.allowed_cpus:
+        return window.background_cpu_share < CONTENDED_BACKGROUND_SHARE
+    return min(own_threads, window.allowed_cpus) + others <= window.allowed_cpus + OVERSUBSCRIPTION_MARGIN_CPUS
+
+
+def overlap(window: Window) -> str | None:
+    """How this process's CPU time was shared with other measurements open in it at the same time,
+    in words; None when the window was open alone."""
+    shared = window.split_by_thread_cpu_s + window.split_equally_cpu_s
+    if shared <= 0:
+        return None
+    parts = []
+    if window.split_by_thread_cpu_s > 0:
+        parts.append(f"{window.split_by_thread_cpu_s:.2f} CPU-s by each measuring thread's own CPU time")
+    if window.split_equally_cpu_s > 0:
+        parts.append(f"{window.split_equally_cpu_s:.2f} CPU-s equally (the measurements shared a thread, or their "
+                     "threads did not run: the split is by overlap, not by work)")
+    return ("other measurements were open in this process at the same time: of its CPU time while they "
+            f"overlapped, this run was charged {' and '.join(parts)}; the parts of all of them add up to the "
+            "process's time, none charged twice")
+
+
 def gpu_unavailable(window: Window) -> bool:
-    """NVML was asked and its energy counter could not be read: the GPU figure is missing."""
+    """NVML was asked and its energy counter could not be read: the meter's GPU figure is missing."""
     return window.gpu_counter_kwh is None and bool(window.gpu_reason)
+
+
+def gpu_power_rate_hz(window: Window) -> float:
+    return window.gpu_power_samples / window.duration_s if window.duration_s > 0 else math.nan
+
+
+def _gpu_samples_between(start: GpuState | None, end: GpuState | None) -> dict:
+    """The window's GPU power samples, temperatures and utilisation, from two readings."""
+    if start is None or end is None:
+        return {}
+    samples = end.power_samples - start.power_samples
+    return {"gpu_integrated_kwh": (end.integrated_mj - start.integrated_mj) / MJ_PER_KWH if samples >= 2 else None,
+            "gpu_power_samples": samples, "gpu_temperature_start_c": start.temperature_c,
+            "gpu_temperature_end_c": end.temperature_c, "gpu_own_sm": end.own_sm - start.own_sm,
+            "gpu_others_sm": end.others_sm - start.others_sm, "gpu_mig": end.mig}
 
 
 def relative_difference(ours: float, theirs: float) -> float:

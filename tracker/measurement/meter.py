@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tracker.measurement.attribution import (CONTENDED_BACKGROUND_SHARE, FullLoadRates, Window, attribute, contention,
-                                             estimate, gpu_unavailable)
+from tracker.measurement.attribution import (FullLoadRates, Window, attribute, contention, estimate, gpu_unavailable,
+                                             quiet_enough)
 from tracker.measurement.carbon import Location
 from tracker.measurement.energy import Energy
 from tracker.measurement.readings import Probe, Snapshot, SystemProbe, visible_gpu
@@ -33,6 +33,17 @@ TrackingMode = Literal["machine", "process"]
 # CodeCarbon samples power about once a second during a task; a window of only a few samples
 # gives a poor average, so shorter query phases are flagged.
 MIN_RELIABLE_WINDOW_S = 3.0
+# On a GPU each window lasts at least this long (unless --min-duration-s says otherwise): NVML's
+# energy counter advances in steps of about 0.1 s, and over 0.3-0.5 s windows it differed from the
+# meter by up to 51% (H200, benchmarks/gpu_check.py).
+GPU_MIN_WINDOW_S = 5.0
+# Before its first window a run waits for the GPU to stop cooling (readings follow the starting
+# temperature, ML.ENERGY measured): until it fell less than GPU_COOL_STEP_C over GPU_COOL_STABLE_S,
+# at most GPU_COOL_MAX_S; then it reads the idle power over GPU_IDLE_S.
+GPU_COOL_STEP_C = 1.0
+GPU_COOL_STABLE_S = 3.0
+GPU_COOL_MAX_S = 120.0
+GPU_IDLE_S = 1.0
 CPU_KINDS = ("CPU", "AppleSiliconChip", "Raspberry")  # CodeCarbon's classes that meter a CPU
 
 
@@ -53,12 +64,24 @@ class PhaseReading:
 
 
 @dataclass(frozen=True)
+class GpuIdle:
+    """The GPU before the run's first window: how long it took to stop cooling, then its power and
+    temperature at rest."""
+
+    cooldown_s: float
+    cooled: bool  # False: still cooling when GPU_COOL_MAX_S ran out
+    power_w: float | None
+    temperature_c: float | None
+
+
+@dataclass(frozen=True)
 class QuietWait:
     """How the wait for a quiet machine before a window ended."""
 
     waited_s: float
     quiet: bool
     background_cpu_share: float
+    others_demand_cpus: float = math.nan  # what other processes asked of the run's CPUs at the end
 
 
 def default_probe(gpus: list[int | str]) -> Probe:
@@ -102,12 +125,18 @@ class EnergyMeter:
         self.gpu_ids = gpu_ids
         self._rates: FullLoadRates | None = None
         self._open_since: Snapshot | None = None
+        self.gpu_idle: GpuIdle | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[PhaseReading]:
         reading = PhaseReading(name)
+        if self.gpu_idle is None and getattr(self.probe, "gpus", None) and hasattr(self.probe, "gpu_power_w"):
+            self.gpu_idle = settle_gpu(self.probe)
         self.synchronize()
         self._tracker.start_task(name)
+        window_edges = getattr(self.probe, "open_window", None), getattr(self.probe, "close_window", None)
+        if window_edges[0] is not None:
+            window_edges[0]()
         start = self._open_since = self.probe.snapshot()
         try:
             yield reading
@@ -115,6 +144,8 @@ class EnergyMeter:
             self._open_since = None
             self.synchronize()
             end = self.probe.snapshot()
+            if window_edges[1] is not None:
+                window_edges[1]()
             try:
                 # Unnamed: CodeCarbon renames a task whose name was used before (repeats).
                 data = self._tracker.stop_task()
@@ -130,12 +161,16 @@ class EnergyMeter:
             else:
                 machine = Energy.from_codecarbon(data)
                 if gpu_unavailable(window):  # CodeCarbon reports 0 for a counter it cannot read
-                    machine = dataclasses.replace(machine, gpu_kwh=math.nan)
-                    reading.reason = f"GPU energy missing: {window.gpu_reason}"
+                    if window.gpu_integrated_kwh is not None:  # our own power samples, integrated
+                        machine = dataclasses.replace(machine, gpu_kwh=window.gpu_integrated_kwh)
+                    else:
+                        machine = dataclasses.replace(machine, gpu_kwh=math.nan)
+                        reading.reason = f"GPU energy missing: {window.gpu_reason}"
                 if window.unresolved:
                     reading.reason = "; ".join(filter(None, (reading.reason, window.unresolved)))
                 reading.machine = machine
-                reading.energy = attribute(machine, window, self.rates())
+                reading.energy = attribute(machine, window, self.rates(),
+                                           gpu_idle_w=self.gpu_idle.power_w if self.gpu_idle else None)
                 reading.record = {"task_name": name, **dataclasses.asdict(data)}
             self.readings.append(reading)
 
@@ -176,18 +211,23 @@ class EnergyMeter:
         except Exception as err:  # a failing device shows in the run itself; the window still closes
             logger.warning("could not synchronize %s at a window edge: %s", self.device, err)
 
-    def wait_for_quiet(self, timeout_s: float, interval_s: float = 0.5) -> QuietWait:
-        """Wait until other processes use less than the contended share of the CPU, or time is up."""
-        started = time.perf_counter()
-        previous = self.probe.snapshot()
-        while True:
-            time.sleep(interval_s)  # a sampling interval: CPU times move in clock ticks
-            current = self.probe.snapshot()
-            share = Window.between(previous, current).background_cpu_share
-            waited = time.perf_counter() - started
-            if share < CONTENDED_BACKGROUND_SHARE or waited >= timeout_s:
-                return QuietWait(waited, share < CONTENDED_BACKGROUND_SHARE, share)
-            previous = current
+    def wait_for_quiet(self, timeout_s: float, own_threads: float | None = None,
+                       interval_s: float = 0.5) -> QuietWait:
+        """Wait until a run of ``own_threads`` threads (default: as many as the CPUs it may use)
+        would have its CPUs to itself (``attribution.quiet_enough``), or time is up."""
+        return wait_for_quiet(self.probe, timeout_s, own_threads, interval_s)
+
+    def gpu_figures(self) -> dict[str, float]:
+        """The GPU at rest before the first window, as metrics (none off the GPU)."""
+        idle = self.gpu_idle
+        if idle is None:
+            return {}
+        figures = {"gpu_cooldown_s": idle.cooldown_s}
+        if idle.power_w is not None:
+            figures["gpu_idle_power_w"] = idle.power_w
+        if idle.temperature_c is not None:
+            figures["gpu_idle_temperature_c"] = idle.temperature_c
+        return figures
 
     def hardware(self) -> dict[str, Any]:
         return self._tracker.get_detected_hardware()
@@ -234,6 +274,53 @@ class EnergyMeter:
             if key in reading.record:
                 return float(reading.record[key])
         return None
+
+
+def settle_gpu(probe: Any) -> GpuIdle:
+    """Wait for the GPU to stop cooling (see GPU_COOL_*), then read its idle power and temperature."""
+    started = time.perf_counter()
+    history: list[tuple[float, float]] = []
+    cooled = False
+    while True:
+        now, temperature = time.perf_counter(), probe.gpu_temperature_c()
+        if temperature is None:
+            cooled = True  # no sensor: nothing to wait for
+            break
+        history.append((now, temperature))
+        past = [t for at, t in history if now - at >= GPU_COOL_STABLE_S]
+        if past and past[-1] - temperature < GPU_COOL_STEP_C:
+            cooled = True
+            break
+        if now - started >= GPU_COOL_MAX_S:
+            break
+        time.sleep(0.5)  # temperature moves in seconds: a sampling interval, not a wait for an event
+    cooldown = time.perf_counter() - started
+    powers = []
+    idle_until = time.perf_counter() + GPU_IDLE_S
+    while time.perf_counter() < idle_until:
+        power = probe.gpu_power_w()
+        if power is not None:
+            powers.append(power)
+        time.sleep(0.1)
+    return GpuIdle(cooldown, cooled, sum(powers) / len(powers) if powers else None, probe.gpu_temperature_c())
+
+
+def wait_for_quiet(probe: Probe, timeout_s: float, own_threads: float | None = None,
+                   interval_s: float = 0.5) -> QuietWait:
+    """Sample the machine every ``interval_s`` until other processes leave a run of ``own_threads``
+    threads its CPUs (see ``EnergyMeter.wait_for_quiet``), or ``timeout_s`` has passed."""
+    started = time.perf_counter()
+    previous = probe.snapshot()
+    while True:
+        time.sleep(interval_s)  # a sampling interval: CPU times move in clock ticks
+        current = probe.snapshot()
+        window = Window.between(previous, current)
+        threads = own_threads if own_threads is not None else (window.allowed_cpus or probe.logical_cpus)
+        quiet = quiet_enough(window, threads)
+        waited = time.perf_counter() - started
+        if quiet or waited >= timeout_s:
+            return QuietWait(waited, quiet, window.background_cpu_share, window.others_demand_cpus)
+        previous = current
 
 
 def _cpu_method(cpu: Any, hardware: dict[str, Any], tracking_mode: str) -> str:

@@ -54,6 +54,12 @@ def query_figures(query: QueryReading, *, generative: bool) -> dict[str, float]:
             figures["nvml_energy_kwh"] = window.gpu_counter_kwh  # NVML read by us, for checking the meter
         if window.rapl_cpu_kwh is not None:
             figures["rapl_package_energy_kwh"] = window.rapl_cpu_kwh
+        if window.gpu_integrated_kwh is not None:
+            figures["nvml_power_integrated_kwh"] = window.gpu_integrated_kwh
+        for edge in ("start", "end"):
+            temperature = getattr(window, f"gpu_temperature_{edge}_c")
+            if temperature is not None:
+                figures[f"gpu_temperature_{edge}_c"] = temperature
     if generative:
         figures["energy_j_per_token"] = (energy.total_j / query.generated_tokens
                                          if query.generated_tokens else math.nan)

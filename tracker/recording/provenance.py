@@ -8,7 +8,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
-from tracker.measurement.attribution import CONTENDED_BACKGROUND_SHARE, contention, gpu_counter_check
+from tracker.measurement.attribution import contention, gpu_counter_check, gpu_power_rate_hz, overlap
 from tracker.measurement.meter import MIN_RELIABLE_WINDOW_S, EnergyMeter, PhaseReading
 from tracker.measurement.outcome import RunOutcome
 from tracker.recording.lifecycle import RunRecorder
@@ -77,6 +77,19 @@ def measurement_tags(outcome: RunOutcome, *, expected_inferences: int | None, no
                   "cleaner figure, measure on a quiet machine or pass --wait-for-quiet SECONDS")
         tags["tracker.measurement.contended_reason"] = reason
         tags["mlflow.note.content"] = (note + "\n\n" if note else "") + f"CONTENDED: {reason}."
+    shared = overlap(sum(windows[1:], windows[0])) if windows else None
+    if shared:
+        tags["tracker.measurement.overlap"] = shared
+    integrated = [w for w in windows if w.gpu_counter_kwh is None and w.gpu_integrated_kwh is not None]
+    if integrated:
+        rate = min(gpu_power_rate_hz(w) for w in integrated)
+        tags["tracker.energy.gpu.integrated"] = (
+            f"NVML's energy counter is not supported on this GPU: its energy is NVML's power read at {rate:.0f} Hz "
+            "or more and integrated over each window (trapezoid), not CodeCarbon's 0")
+    if any(w.gpu_mig for w in windows):
+        tags["tracker.energy.gpu.mig"] = (
+            "a MIG instance: NVML's energy counter and power are the whole physical GPU's, shared by every "
+            "instance on it, so the GPU figure is the whole GPU's and includes other instances' work")
     covered = sum(q.reading.energy.duration_s for q in queries)
     short = covered < MIN_RELIABLE_WINDOW_S
     tags["tracker.measurement.short_window"] = str(short).lower()
@@ -89,8 +102,8 @@ def measurement_tags(outcome: RunOutcome, *, expected_inferences: int | None, no
         quiet = sum(w.quiet for w in outcome.quiet_waits)
         tags["tracker.measurement.quiet_wait"] = (
             f"waited {sum(w.waited_s for w in outcome.quiet_waits):.1f} s in all before {len(outcome.quiet_waits)} "
-            f"window(s); the machine was quiet before {quiet} of them (other processes under "
-            f"{CONTENDED_BACKGROUND_SHARE:.0%} of its CPU time)")
+            f"window(s); the machine was quiet before {quiet} of them (other processes left the run's "
+            "threads their CPUs: no oversubscription)")
     if expected_inferences is not None and queries[-1].inferences < expected_inferences:
         tags["tracker.run.partial"] = (f"{queries[-1].inferences} of {expected_inferences} "
                                        "inferences measured before the run stopped")

@@ -2,7 +2,9 @@
 
 The query phase is measured ``repeats`` times, and more while its windows cover less than
 ``min_duration_s`` (optimum-benchmark's rule), each window optionally after waiting for a quiet
-machine; every batch call is timed for the latency percentiles. Everything measured is written
+machine. A window passes over the batches again (its outputs counted, not scored) until it lasts
+``min_window_s``: on a GPU 5 s by default, since NVML's energy counter moves in steps of about
+0.1 s (ML.ENERGY and Zeus measure steady windows of seconds). Every batch call is timed for the latency percentiles. Everything measured is written
 into a ``RunOutcome`` as soon as it exists, so that a run that fails or is interrupted half-way
 still has its energy to log.
 """
@@ -56,6 +58,7 @@ class RunPlan:
     settings: GenerationSettings
     kind: ModelKind
     min_duration_s: float = 0.0  # measure more windows until they cover this long
+    min_window_s: float = 0.0  # each window passes over the batches again until it lasts this long
     wait_for_quiet_s: float = 0.0  # before each window, wait up to this long for a quiet machine
     threads: int | None = None  # torch's CPU threads (None: the process's default)
     sort_by_length: bool = False
@@ -119,20 +122,24 @@ def execute(plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, progress: Pr
     measured_s = 0.0
     while len(outcome.queries) < plan.repeats or measured_s < plan.min_duration_s:
         if plan.wait_for_quiet_s > 0:
-            outcome.quiet_waits.append(meter.wait_for_quiet(plan.wait_for_quiet_s))
+            outcome.quiet_waits.append(meter.wait_for_quiet(plan.wait_for_quiet_s, own_threads=_torch_threads()))
         predictions: list[Any] = []
         with meter.phase(QUERY_PHASE) as reading:
             query = QueryReading(reading)
             outcome.queries.append(query)
-            for batch in batches:
-                started = time.perf_counter()
-                output = predictor.predict(loaded, batch, plan.settings, inputs_device)
-                meter.synchronize()  # a batch's latency ends when its GPU work does
-                query.batch_latencies_ms.append((time.perf_counter() - started) * 1000)
-                predictions.extend(output.predictions)
-                query.inferences += len(batch)
-                query.generated_tokens += output.generated_tokens
-                progress(len(batch))
+            opened, passes = time.perf_counter(), 0
+            while passes == 0 or time.perf_counter() - opened < plan.min_window_s:
+                for batch in batches:
+                    started = time.perf_counter()
+                    output = predictor.predict(loaded, batch, plan.settings, inputs_device)
+                    meter.synchronize()  # a batch's latency ends when its GPU work does
+                    query.batch_latencies_ms.append((time.perf_counter() - started) * 1000)
+                    if passes == 0:
+                        predictions.extend(output.predictions)
+                        progress(len(batch))
+                    query.inferences += len(batch)
+                    query.generated_tokens += output.generated_tokens
+                passes += 1
         measured_s += reading.energy.duration_s if reading.energy else 0.0
         if not outcome.predictions:
             outcome.predictions = unsort(predictions, order)
@@ -163,6 +170,12 @@ def import_model_code(location: str, task: Task) -> None:
         return
     for name in architectures:
         getattr(transformers, name, None)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def set_threads(threads: int | None) -> None:

@@ -21,7 +21,7 @@ from tracker.loading.device import resolve_device
 from tracker.loading.precision import ensure_supported
 from tracker.loading.remote_code import remote_code
 from tracker.measurement.carbon import resolve_location
-from tracker.measurement.meter import EnergyMeter
+from tracker.measurement.meter import GPU_MIN_WINDOW_S, EnergyMeter
 from tracker.measurement.outcome import RunOutcome
 from tracker.recording.lifecycle import Heartbeat, RunDataset, RunRecorder, recorded_run
 from tracker.recording.store import check_tracking_server
@@ -107,6 +107,7 @@ def _plan(config: RunConfig, reference: ModelReference) -> tuple[RunPlan, dict[s
     plan = RunPlan(task=task, model=model, dataset=dataset, device=device, precision=config.precision,
                    batch_size=config.batch_size, repeats=config.repeats, warmup=warmup,
                    settings=settings, kind=kind, min_duration_s=config.min_duration_s,
+                   min_window_s=min_window_s(device, config.min_duration_s),
                    wait_for_quiet_s=config.wait_for_quiet, threads=config.threads,
                    sort_by_length=config.sort_by_length, attention=config.attention, compile=config.compile)
     if config.sort_by_length:
@@ -118,6 +119,14 @@ def _plan(config: RunConfig, reference: ModelReference) -> tuple[RunPlan, dict[s
     if precision_probe.env:
         tags["tracker.precision.note"] = " ".join(f"{k}={v}" for k, v in precision_probe.env.items())
     return plan, tags
+
+
+def min_window_s(device: str, min_duration_s: float) -> float:
+    """How long each query window lasts at least: on a GPU, --min-duration-s where given, else
+    GPU_MIN_WINDOW_S; on a CPU, no minimum (its windows are judged by clock ticks instead)."""
+    if not device.startswith("cuda"):
+        return 0.0
+    return min_duration_s or GPU_MIN_WINDOW_S
 
 
 def _log_inputs(recorder: RunRecorder, config: RunConfig, plan: RunPlan, country: str) -> None:
@@ -231,7 +240,7 @@ def _provenance_tags(plan: RunPlan, hub_reachable: bool) -> dict[str, str]:
 
 def _log_outcome(recorder: RunRecorder, plan: RunPlan, meter: EnergyMeter, outcome: RunOutcome, *,
                  note: str, log_inputs: bool) -> tuple[dict[str, float], dict[str, str]]:
-    metrics = run_metrics(outcome, generative=plan.generative)
+    metrics = run_metrics(outcome, generative=plan.generative) | meter.gpu_figures()
     tags = outcome_tags(meter, outcome, expected_inferences=len(plan.dataset.inputs), note=note)
     if outcome.load_shared:
         tags["tracker.load.shared"] = ("the model stayed loaded from an earlier run of this process (a search "

@@ -225,7 +225,7 @@ class _Session:
         outcome.queries = [query] if query is not None else []
         if "quality" not in outcome.quality:
             outcome.quality_unavailable = "no quality was logged: call m.log_quality(name=value) in the block"
-        metrics = run_metrics(outcome, generative=self.tokens > 0)
+        metrics = run_metrics(outcome, generative=self.tokens > 0) | self.meter.gpu_figures()
         tags = outcome_tags(self.meter, outcome, expected_inferences=None, note=note)
         tags["tracker.quality.metric"] = self.primary or "none"
         tags["tracker.quality.higher_is_better"] = str(self.higher_is_better).lower()
