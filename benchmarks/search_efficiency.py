@@ -255,11 +255,14 @@ def replay(strategy: str, grid: Grid, order: tuple[str, ...], seed: int) -> tupl
         trial.set_constraint("quality", constraint)
         trial.set_user_attr("constraint", [constraint])
         trial.set_user_attr("carbon", {"mean": cell.carbon, "std": cell.std, "n": cell.n})
-        study.tell(trial, cell.carbon)
         if found is None and key in grid.found:
             found = len(set(measured))
-            if not structured:
-                break
+        try:
+            study.tell(trial, cell.carbon)
+        except RuntimeError:  # Optuna's grid sampler stops the study once its grid is measured
+            break
+        if found is not None and not structured:
+            break
     right = None
     if structured:
         feasible = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
