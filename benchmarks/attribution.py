@@ -115,13 +115,15 @@ def faked_large_machines() -> tuple[int, int, int]:
                 (proc / "loadavg").write_text(f"1.0 1.0 1.0 {pool + busy + 1}/500 1\n")  # + the reader itself
                 # The faked machine's CPU time: this process's own, plus the busy cores all along.
                 began = time.perf_counter()
-                readings._machine_cpu_s = lambda: (time.process_time() + busy * (time.perf_counter() - began),  # noqa: B023
-                                                   cpus * (time.perf_counter() - began))
+                readings._machine_cpu_s = lambda busy=busy, began=began, cpus=cpus: (
+                    time.process_time() + busy * (time.perf_counter() - began), cpus * (time.perf_counter() - began))
                 try:
                     probe = SystemProbe(proc_root=proc, allowed_cpus=cpus, logical_cpus=cpus)
                     start = probe.snapshot()
-                    for _ in range(20):
+                    until = time.perf_counter() + 0.5  # a window of half a second, sampled every 10 ms
+                    while time.perf_counter() < until:
                         probe.sample_runnable()
+                        time.sleep(0.01)
                     reason = contention(Window.between(start, probe.snapshot()))
                 finally:
                     readings._machine_cpu_s = real_machine

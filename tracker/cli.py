@@ -158,7 +158,8 @@ def _run(args: dict) -> int:
     config = report.config
     m = report.metrics
     print(f"run {report.run_id} FINISHED in experiment '{report.experiment}'")
-    print(f"  energy: {_fmt(m.get('energy_kwh'))} kWh for {config.n_samples} inferences "
+    inferences = int(m.get("inferences_measured") or config.n_samples)  # a GPU window may pass over them again
+    print(f"  energy: {_fmt(m.get('energy_kwh'))} kWh for {inferences} inferences "
           f"({_fmt(m.get('energy_kwh_per_1k'))} kWh per 1,000); emissions: "
           f"{_fmt(m.get('emissions_g_per_output'))} gCO2eq per output")
     meaningful = report.tags.get("tracker.quality.meaningful") == "true"
@@ -169,7 +170,7 @@ def _run(args: dict) -> int:
           f"the meter saw; this run used {_percent(m.get('cpu_time_share'))} of the busy CPU time; "
           + ("CONTENDED: " + report.tags["tracker.measurement.contended_reason"]
              if report.tags.get("tracker.measurement.contended") == "true"
-             else "not contended: other processes stayed under 10% of the CPU"))
+             else "not contended: the run's threads and other processes' demand fit the CPUs it may use"))
     return 0
 
 

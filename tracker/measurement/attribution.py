@@ -306,17 +306,18 @@ def contention(window: Window) -> str | None:
 
 
 def oversubscription(window: Window) -> str | None:
-    """Why more threads wanted a CPU than the run may use, in words; None when they did not, or
-    when they could not be counted."""
+    """Why other processes' demand did not fit beside the run's on the CPUs it may use, in words;
+    None when it did, or when threads could not be counted.
+
+    The run's own threads are counted up to the CPUs it may use: a run whose threads outnumber its
+    CPUs alone (a thread pool beside a tokenizer's) pays for that itself, measured the same way on
+    every try; it is other work that makes a figure unrepeatable."""
     own, others, allowed = window.own_runnable, window.others_demand_cpus, window.allowed_cpus
     if math.isnan(own) or math.isnan(others) or not allowed:
         return None
-    if own + others <= allowed + OVERSUBSCRIPTION_MARGIN_CPUS:
-        return None
     if others < OVERSUBSCRIPTION_MARGIN_CPUS or window.background_cpu_s < CONTENDED_MIN_BACKGROUND_S:
-        if own > allowed + OVERSUBSCRIPTION_MARGIN_CPUS:
-            return (f"this run's own threads oversubscribed its CPUs: {own:.1f} wanted a CPU on average, "
-                    f"{allowed:g} CPUs allowed (affinity and cgroup quota)")
+        return None
+    if min(own, allowed) + others <= allowed + OVERSUBSCRIPTION_MARGIN_CPUS:
         return None
     return (f"CPUs oversubscribed: this run's threads ({own:.1f} wanting a CPU on average) and other "
             f"processes ({others:.1f} CPUs' worth) asked for {own + others:.1f} of the {allowed:g} CPUs it may "

@@ -264,6 +264,9 @@ class EnergyMeter:
         return out.getvalue()
 
     def close(self) -> None:
+        closing = getattr(self.probe, "close", None)
+        if closing is not None:
+            closing()
         try:
             self._tracker.stop()
         except Exception as err:  # pragma: no cover - CodeCarbon's stop already swallows most errors

@@ -136,6 +136,7 @@ class SystemProbe:
     _last_power: tuple[float, float] | None = None
     _util_since: int = 0
     _mig: bool = False
+    _closed: bool = False
 
     def __post_init__(self) -> None:
         import psutil
@@ -154,6 +155,11 @@ class SystemProbe:
                                              name="tracker-runnable", daemon=True)
             self._sampler.start()
         return Snapshot(at_s=time.perf_counter(), cpu=self._cpu(), gpu=self._gpu(), rapl_uj=self._rapl())
+
+    def close(self) -> None:
+        """Stop sampling (the sampling thread ends at its next tick)."""
+        self._closed = True
+        self.close_window()
 
     def open_window(self) -> None:
         """A measured window opens in this thread: from now until ``close_window``, this process's
@@ -467,7 +473,7 @@ def _sample_runnable(probe_ref: Any) -> None:
     RUNNABLE_SAMPLE_S, and the GPUs' power every GPU_SAMPLE_S where it has GPUs."""
     tid = threading.get_native_id()
     tick, every = 0, 1
-    while (probe := probe_ref()) is not None:
+    while (probe := probe_ref()) is not None and not probe._closed:
         gpus = probe._handles is not None
         every = round(RUNNABLE_SAMPLE_S / GPU_SAMPLE_S) if gpus else 1
         try:
