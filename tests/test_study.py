@@ -184,7 +184,8 @@ def test_a_study_beside_a_burner_ends_with_a_quiet_figure_or_says_which_is_not(c
     cpus = len(os.sched_getaffinity(0))  # a pool as wide as the CPUs: one busy core oversubscribes it
     study = _definition(hermetic / "study.yaml", ["builtin-tiny"])
     path = hermetic / "study.yaml"
-    path.write_text(path.read_text().replace("country: FRA}", f"country: FRA, threads: {cpus}, min_duration_s: 2}}"))
+    path.write_text(path.read_text().replace("n_samples: 8,", "n_samples: 400,").replace(
+        "country: FRA}", f"country: FRA, threads: {cpus}, repeats: 2}}"))  # windows of tenths of a second
     stop = threading.Event()
 
     def stop_burner_when_the_first_run_ends(pid):

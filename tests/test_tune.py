@@ -180,7 +180,7 @@ def test_structured_search_shares_model_loads_and_searches_the_knobs_asked_for(c
     study = _optuna_trials(storage)
     measured = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
     first = study.trials[0]
-    assert first.params["batch_size"] == 4 and first.params["precision"] == "int8"  # largest batch, int8 first
+    assert first.params["batch_size"] == 4 and first.params["precision"] == "fp32"  # largest batch, first given
     assert first.user_attrs["strategy_role"] == "probe"
     assert {t.user_attrs["strategy_role"] for t in measured} >= {"probe", "knob"}
     assert {t.params["sort_by_length"] for t in measured} == {False, True}

@@ -137,6 +137,7 @@ class SystemProbe:
     _util_since: int = 0
     _mig: bool = False
     _closed: bool = False
+    _pids_seen: set[int] | None = None  # the measured tree's processes, as the runnable count last listed them
 
     def __post_init__(self) -> None:
         import psutil
@@ -154,6 +155,9 @@ class SystemProbe:
             self._sampler = threading.Thread(target=_sample_runnable, args=(weakref.ref(self),),
                                              name="tracker-runnable", daemon=True)
             self._sampler.start()
+            if self._handles is not None:
+                threading.Thread(target=_sample_gpu_power, args=(weakref.ref(self),), name="tracker-gpu-power",
+                                 daemon=True).start()
         return Snapshot(at_s=time.perf_counter(), cpu=self._cpu(), gpu=self._gpu(), rapl_uj=self._rapl())
 
     def close(self) -> None:
@@ -172,11 +176,13 @@ class SystemProbe:
             OPEN_WINDOWS.close(self._window)
             self._window = None
 
-    def sample_runnable(self, sampler_tid: int | None = None) -> None:
-        """Count the threads that want a CPU now: the measured tree's, and everyone else's (the
-        machine's runnable count less ours, less the companion's, less the reader itself)."""
+    def sample_runnable(self, sampler_tid: int | None = None, pids: Iterable[int] | None = None) -> None:
+        """Count the threads that want a CPU now: the measured tree's (``pids``, else listed now), and
+        everyone else's (the machine's runnable count less ours, the companion's and the reader's)."""
         companion = [] if self.root_pid is None else [self._process.pid]
-        own = runnable_threads(self.own_pids(), self.proc_root, skip_tid=sampler_tid)
+        pids = self.own_pids() if pids is None else set(pids)
+        self._pids_seen = pids
+        own = runnable_threads(pids, self.proc_root, skip_tid=sampler_tid)
         beside = runnable_threads(companion, self.proc_root, skip_tid=sampler_tid)
         machine = machine_runnable(self.proc_root)
         if machine is None:
@@ -349,7 +355,7 @@ class SystemProbe:
 
     def _utilisation(self) -> tuple[float, float]:
         """SM utilisation of this tree's processes and of others, from NVML's samples since the last read."""
-        ours, own, others = self.own_pids(), 0.0, 0.0
+        ours, own, others = self._pids_seen or self.own_pids(), 0.0, 0.0
         for handle in (self._handles or {}).values():
             try:
                 samples = self.nvml.nvmlDeviceGetProcessUtilization(handle, self._util_since)
@@ -469,23 +475,34 @@ OPEN_WINDOWS = OpenWindows()
 
 
 def _sample_runnable(probe_ref: Any) -> None:
-    """The probe's sampling thread, until the probe is gone: runnable threads every
-    RUNNABLE_SAMPLE_S, and the GPUs' power every GPU_SAMPLE_S where it has GPUs."""
-    tid = threading.get_native_id()
-    tick, every = 0, 1
+    """The probe's thread counting runnable threads every RUNNABLE_SAMPLE_S, until the probe is
+    gone or closed; the tree's processes are listed again every tenth sample (listing them reads
+    every process on the machine)."""
+    tid, tick, pids = threading.get_native_id(), 0, None
     while (probe := probe_ref()) is not None and not probe._closed:
-        gpus = probe._handles is not None
-        every = round(RUNNABLE_SAMPLE_S / GPU_SAMPLE_S) if gpus else 1
         try:
-            if tick % every == 0:
-                probe.sample_runnable(tid)
-            if gpus:
-                probe.sample_gpu(tick)
+            if tick % 10 == 0 or pids is None:
+                pids = probe.own_pids()
+            probe.sample_runnable(tid, pids)
         except Exception as err:  # a sample lost is a sample fewer, never a failed run
-            logger.debug("sample not taken: %s", err)
+            logger.debug("runnable threads not counted: %s", err)
         del probe
         tick += 1
-        time.sleep(GPU_SAMPLE_S if every > 1 else RUNNABLE_SAMPLE_S)
+        time.sleep(RUNNABLE_SAMPLE_S)
+
+
+def _sample_gpu_power(probe_ref: Any) -> None:
+    """The probe's thread reading its GPUs' power every GPU_SAMPLE_S, apart from the runnable count
+    so that a slow /proc never delays it, until the probe is gone or closed."""
+    tick = 0
+    while (probe := probe_ref()) is not None and not probe._closed:
+        try:
+            probe.sample_gpu(tick)
+        except Exception as err:  # a sample lost is a sample fewer, never a failed run
+            logger.debug("GPU power not read: %s", err)
+        del probe
+        tick += 1
+        time.sleep(GPU_SAMPLE_S)
 
 
 def _mig_enabled(nvml: Any, handle: Any) -> bool:
