@@ -365,17 +365,23 @@ def _hold(seconds: float) -> None:
         sum(range(1000))
 
 
+def _one_window(meter, seconds: float):
+    """One query window of ``seconds`` of work through the meter, which is closed after it."""
+    try:
+        with meter.phase("query model") as reading:
+            _hold(seconds)
+    finally:
+        meter.close()
+    return reading
+
+
 def test_a_gpu_without_an_energy_counter_is_integrated_from_power_samples_never_zero():
     from tracker.measurement.carbon import resolve_location
     from tracker.measurement.meter import EnergyMeter
 
     probe = SystemProbe(gpus=[0], nvml=FakeNvml(counter=False, power_mw=150_000.0))  # a Titan X: power, no counter
     meter = EnergyMeter(location=resolve_location("FRA"), probe=probe)
-    try:
-        with meter.phase("query model") as reading:
-            _hold(1.0)
-    finally:
-        meter.close()
+    reading = _one_window(meter, 1.0)
     window = reading.window
     assert window.gpu_counter_kwh is None and window.gpu_power_samples / window.duration_s >= 10  # >= 10 Hz
     assert window.gpu_integrated_kwh == pytest.approx(150 * window.duration_s / 3.6e6, rel=0.15)
@@ -392,11 +398,7 @@ def test_the_gpu_cools_before_the_first_window_and_its_temperature_is_read_at_ev
     # still cooling from an earlier run, 72 to 61 C, then steady at 60
     nvml = FakeNvml(power_mw=55_000.0, temperatures=[72, 70, 68, 66, 64, 62, 61, 60])
     meter = meter_module.EnergyMeter(location=resolve_location("FRA"), probe=SystemProbe(gpus=[0], nvml=nvml))
-    try:
-        with meter.phase("query model") as reading:
-            _hold(0.2)
-    finally:
-        meter.close()
+    reading = _one_window(meter, 0.2)
     idle = meter.gpu_idle
     assert idle.cooled and idle.cooldown_s >= 0.6 * 6 / 2  # it waited through the cooling readings
     assert idle.temperature_c == 60 and idle.power_w == pytest.approx(55.0)
