@@ -200,7 +200,8 @@ def test_only_text_to_image_imports_diffusers_and_model_code_is_imported_before_
 
 
 def test_the_public_api_is_documented():
-    for name in ("measure", "run", "tune", "report", "current", "RunResult", "TuneResult", "Measurement"):
+    for name in ("measure", "run", "tune", "report", "current", "RunResult", "TuneResult", "ReportResult",
+                 "Measurement"):
         assert name in tracker.__all__
         assert getattr(tracker, name).__doc__, name
     with pytest.raises(UserError):

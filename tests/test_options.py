@@ -160,3 +160,26 @@ def test_no_import_circle_and_no_layer_imports_a_higher_one():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def _requirement_name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\[<>=!~ ;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def test_conda_yaml_installs_what_pyproject_does_and_the_version_is_the_projects(capsys):
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = {_requirement_name(r) for r in project["dependencies"]}
+    for extra in ("diffusion", "postgres", "ray"):  # what `mlflow run .` may need: the study's executors too
+        wanted |= {_requirement_name(r) for r in project["optional-dependencies"][extra]}
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    listed = {_requirement_name(r) for r in pip if not r.startswith("-")}
+    assert wanted - listed == set(), "conda.yaml lacks what pyproject.toml installs"
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tracker {project['version']}"

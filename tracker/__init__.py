@@ -26,12 +26,12 @@ if "mlflow" not in sys.modules:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 __version__ = "0.1.0"
-__all__ = ["Measurement", "RunResult", "TuneResult", "current", "measure", "report", "run", "tune"]
+__all__ = ["Measurement", "ReportResult", "RunResult", "TuneResult", "current", "measure", "report", "run", "tune"]
 
 # Where each name lives: imported on first use, so that `tracker --help` stays fast.
 _HOMES = {"measure": "tracker.runs.usercode", "current": "tracker.runs.usercode", "Measurement": "tracker.runs.usercode",
           "run": "tracker.api", "tune": "tracker.api", "report": "tracker.api", "RunResult": "tracker.api",
-          "TuneResult": "tracker.api"}
+          "TuneResult": "tracker.api", "ReportResult": "tracker.reporting"}
 
 
 def __getattr__(name: str) -> Any:

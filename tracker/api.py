@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracker.runs.config import RunConfig
 from tracker.runs.result import RunResult
+
+if TYPE_CHECKING:  # pandas and matplotlib come with it: imported where a report is made
+    from tracker.reporting import ReportResult
 
 
 @dataclass
@@ -93,7 +96,7 @@ def serve_bench(*, tags: dict[str, str] | None = None, **options: Any) -> Any:
 
 def report(*, output: str | Path = "report", experiments: list[str] | tuple[str, ...] = (),
            countries: list[str] | tuple[str, ...] = (), include_tuning: bool = False, unit: str = "kWh",
-           report_experiment: str = "report", tag_runs: bool = True) -> Any:
+           report_experiment: str = "report", tag_runs: bool = True) -> ReportResult:
     """Tables, figures, star ratings and regional what-ifs from the runs (``tracker report``);
     returns a ``ReportResult`` (its run id, output folder, tables as DataFrames, files)."""
     from tracker.reporting import DEFAULT_COUNTRIES, ReportConfig, build_report

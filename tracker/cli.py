@@ -24,6 +24,7 @@ from tracker.tuning.config import DEFAULT_STORAGE, TUNE_SEARCHES, TuneConfig
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tracker {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="measure one model on one task and log it to MLflow")
     add_flags(run, RunConfig, required=["task"])
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(study, RunConfig, exclude=[f.name for f in options_of(RunConfig) if f.name != "wait_for_quiet"])
     add_flags(study, Remeasure)
     add_flags(study, Placement, exclude=["workers"])
-    tune = commands.add_parser("tune", help="search batch size and precision for the lowest carbon per output")
+    tune = commands.add_parser("tune", help="search batch size, precision and, with --knobs, threads, length sorting, "
+                                            "attention and compile for the lowest carbon per output")
     add_flags(tune, RunConfig, exclude=[*TUNE_SEARCHES, "progress"], required=["task"])  # trials show no bar
     add_flags(tune, TuneConfig)
     add_flags(tune, Placement)
@@ -210,6 +212,18 @@ def _parse_tags(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--tag must be KEY=VALUE, got '{pair}'")
         tags[key.strip()] = value
     return tags
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tracker")
+    except PackageNotFoundError:
+        from tracker import __version__
+
+        return __version__
 
 
 def _study(args: argparse.Namespace) -> int:
