@@ -208,7 +208,7 @@ def test_the_probe_counts_the_threads_that_want_a_cpu_from_proc(tmp_path):
     probe = SystemProbe(proc_root=tmp_path, allowed_cpus=4, logical_cpus=4)
     before = probe.snapshot().cpu
     for _ in range(10):
-        probe.sample_runnable(sampler_tid=None)
+        probe.sample_runnable()
     after = probe.snapshot().cpu
     samples = after.runnable_samples - before.runnable_samples
     assert samples >= 10  # the probe's own sampling thread may have added some

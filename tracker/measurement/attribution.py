@@ -317,7 +317,7 @@ def oversubscription(window: Window) -> str | None:
         return None
     if others < OVERSUBSCRIPTION_MARGIN_CPUS or window.background_cpu_s < CONTENDED_MIN_BACKGROUND_S:
         return None
-    if min(own, allowed) + others <= allowed + OVERSUBSCRIPTION_MARGIN_CPUS:
+    if _fits(own, others, allowed):
         return None
     return (f"CPUs oversubscribed: this run's threads ({own:.1f} wanting a CPU on average) and other "
             f"processes ({others:.1f} CPUs' worth) asked for {own + others:.1f} of the {allowed:g} CPUs it may "
@@ -330,7 +330,13 @@ def quiet_enough(window: Window, own_threads: float) -> bool:
     others = window.others_demand_cpus
     if math.isnan(others) or not window.allowed_cpus:
         return window.background_cpu_share < CONTENDED_BACKGROUND_SHARE
-    return min(own_threads, window.allowed_cpus) + others <= window.allowed_cpus + OVERSUBSCRIPTION_MARGIN_CPUS
+    return _fits(own_threads, others, window.allowed_cpus)
+
+
+def _fits(own: float, others: float, allowed: float) -> bool:
+    """Whether the run's threads (counted up to its CPUs) and others' demand fit the CPUs it may use,
+    give or take the margin: the one test behind both the flag and the wait for quiet."""
+    return min(own, allowed) + others <= allowed + OVERSUBSCRIPTION_MARGIN_CPUS
 
 
 def overlap(window: Window) -> str | None:

@@ -134,9 +134,10 @@ class EnergyMeter:
             self.gpu_idle = settle_gpu(self.probe)
         self.synchronize()
         self._tracker.start_task(name)
-        window_edges = getattr(self.probe, "open_window", None), getattr(self.probe, "close_window", None)
-        if window_edges[0] is not None:
-            window_edges[0]()
+        # A probe that shares this process's CPU time among windows open at once (tests' fakes do not).
+        open_window, close_window = getattr(self.probe, "open_window", None), getattr(self.probe, "close_window", None)
+        if open_window is not None:
+            open_window()
         start = self._open_since = self.probe.snapshot()
         try:
             yield reading
@@ -144,8 +145,8 @@ class EnergyMeter:
             self._open_since = None
             self.synchronize()
             end = self.probe.snapshot()
-            if window_edges[1] is not None:
-                window_edges[1]()
+            if close_window is not None:
+                close_window()
             try:
                 # Unnamed: CodeCarbon renames a task whose name was used before (repeats).
                 data = self._tracker.stop_task()

@@ -152,12 +152,13 @@ class SystemProbe:
 
     def snapshot(self) -> Snapshot:
         if self._sampler is None:  # from the first reading on, while the probe lives
-            self._sampler = threading.Thread(target=_sample_runnable, args=(weakref.ref(self),),
-                                             name="tracker-runnable", daemon=True)
+            self._sampler = threading.Thread(
+                target=_sample_while_alive, name="tracker-runnable", daemon=True,
+                args=(weakref.ref(self), SystemProbe.sample_runnable, RUNNABLE_SAMPLE_S, "runnable threads"))
             self._sampler.start()
-            if self._handles is not None:
-                threading.Thread(target=_sample_gpu_power, args=(weakref.ref(self),), name="tracker-gpu-power",
-                                 daemon=True).start()
+            if self._handles is not None:  # on a thread of its own: a slow /proc scan never delays it
+                threading.Thread(target=_sample_while_alive, name="tracker-gpu-power", daemon=True,
+                                 args=(weakref.ref(self), SystemProbe.sample_gpu, GPU_SAMPLE_S, "GPU power")).start()
         return Snapshot(at_s=time.perf_counter(), cpu=self._cpu(), gpu=self._gpu(), rapl_uj=self._rapl())
 
     def close(self) -> None:
@@ -176,14 +177,17 @@ class SystemProbe:
             OPEN_WINDOWS.close(self._window)
             self._window = None
 
-    def sample_runnable(self, sampler_tid: int | None = None, pids: Iterable[int] | None = None) -> None:
-        """Count the threads that want a CPU now: the measured tree's (``pids``, else listed now), and
-        everyone else's (the machine's runnable count less ours, the companion's and the reader's)."""
+    def sample_runnable(self, tick: int = 0) -> None:
+        """Count the threads that want a CPU now: the measured tree's, and everyone else's (the
+        machine's runnable count less ours, the companion's and the reader's: this thread). The
+        tree's processes are listed again every tenth tick (listing reads every process on the
+        machine)."""
+        reader = threading.get_native_id()
         companion = [] if self.root_pid is None else [self._process.pid]
-        pids = self.own_pids() if pids is None else set(pids)
-        self._pids_seen = pids
-        own = runnable_threads(pids, self.proc_root, skip_tid=sampler_tid)
-        beside = runnable_threads(companion, self.proc_root, skip_tid=sampler_tid)
+        if tick % 10 == 0 or self._pids_seen is None:
+            self._pids_seen = self.own_pids()
+        own = runnable_threads(self._pids_seen, self.proc_root, skip_tid=reader)
+        beside = runnable_threads(companion, self.proc_root, skip_tid=reader)
         machine = machine_runnable(self.proc_root)
         if machine is None:
             return
@@ -313,10 +317,11 @@ class SystemProbe:
                 reasons.append(f"GPU {name}: NVML process list not readable ({err})")
         with self._lock:
             integrated, samples, own_sm, others_sm = self._gpu_sums
-        return GpuState(energy, others, "; ".join(reasons), integrated, int(samples), self._temperature(), own_sm,
-                        others_sm, self._mig)
+        return GpuState(energy, others, "; ".join(reasons), integrated, int(samples), self.gpu_temperature_c(),
+                        own_sm, others_sm, self._mig)
 
-    def _temperature(self) -> float | None:
+    def gpu_temperature_c(self) -> float | None:
+        """The hottest device's temperature now; None where no sensor can be read."""
         readings = []
         for handle in (self._handles or {}).values():
             try:
@@ -334,9 +339,6 @@ class SystemProbe:
             except Exception:  # noqa: BLE001 - unsupported or gone: no reading
                 return None
         return total if self._handles else None
-
-    def gpu_temperature_c(self) -> float | None:
-        return self._temperature()
 
     def sample_gpu(self, tick: int) -> None:
         """One power sample, integrated since the last; every UTILISATION_EVERY ticks, who used the SMs."""
@@ -474,35 +476,18 @@ def _thread_cpu_s(ident: int) -> float | None:
 OPEN_WINDOWS = OpenWindows()
 
 
-def _sample_runnable(probe_ref: Any) -> None:
-    """The probe's thread counting runnable threads every RUNNABLE_SAMPLE_S, until the probe is
-    gone or closed; the tree's processes are listed again every tenth sample (listing them reads
-    every process on the machine)."""
-    tid, tick, pids = threading.get_native_id(), 0, None
-    while (probe := probe_ref()) is not None and not probe._closed:
-        try:
-            if tick % 10 == 0 or pids is None:
-                pids = probe.own_pids()
-            probe.sample_runnable(tid, pids)
-        except Exception as err:  # a sample lost is a sample fewer, never a failed run
-            logger.debug("runnable threads not counted: %s", err)
-        del probe
-        tick += 1
-        time.sleep(RUNNABLE_SAMPLE_S)
-
-
-def _sample_gpu_power(probe_ref: Any) -> None:
-    """The probe's thread reading its GPUs' power every GPU_SAMPLE_S, apart from the runnable count
-    so that a slow /proc never delays it, until the probe is gone or closed."""
+def _sample_while_alive(probe_ref: Any, sample: Any, interval_s: float, what: str) -> None:
+    """A probe's sampling thread: ``sample(probe, tick)`` every ``interval_s`` until the probe is
+    gone or closed. A sample lost is a sample fewer, never a failed run."""
     tick = 0
     while (probe := probe_ref()) is not None and not probe._closed:
         try:
-            probe.sample_gpu(tick)
-        except Exception as err:  # a sample lost is a sample fewer, never a failed run
-            logger.debug("GPU power not read: %s", err)
+            sample(probe, tick)
+        except Exception as err:
+            logger.debug("%s not sampled: %s", what, err)
         del probe
         tick += 1
-        time.sleep(GPU_SAMPLE_S)
+        time.sleep(interval_s)
 
 
 def _mig_enabled(nvml: Any, handle: Any) -> bool:

@@ -4,9 +4,9 @@ The query phase is measured ``repeats`` times, and more while its windows cover 
 ``min_duration_s`` (optimum-benchmark's rule), each window optionally after waiting for a quiet
 machine. A window passes over the batches again (its outputs counted, not scored) until it lasts
 ``min_window_s``: on a GPU 5 s by default, since NVML's energy counter moves in steps of about
-0.1 s (ML.ENERGY and Zeus measure steady windows of seconds). Every batch call is timed for the latency percentiles. Everything measured is written
-into a ``RunOutcome`` as soon as it exists, so that a run that fails or is interrupted half-way
-still has its energy to log.
+0.1 s (ML.ENERGY and Zeus measure steady windows of seconds). Every batch call is timed for the
+latency percentiles. Everything measured is written into a ``RunOutcome`` as soon as it exists,
+so that a run that fails or is interrupted half-way still has its energy to log.
 """
 
 from __future__ import annotations
