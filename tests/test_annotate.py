@@ -79,11 +79,12 @@ def test_bad_tables_are_refused_before_any_change(cli, client, tmp_path, content
 
 @pytest.mark.skipif(not PAPER_RECORDS.is_dir(), reason="../shared/data/power-hungry-processing is not beside the repo")
 def test_the_papers_records_as_released_give_its_table_kinds_apart_with_quality_and_size(cli, tmp_path):
-    """The README's loop on the shared records, as released: task-specific and multi-purpose runs,
-    phases, quality and sizes; the paper's table unpolluted, the multi-purpose families apart."""
+    """docs/reproducing.md's commands on a copy of the study's records (the multi-purpose files in a
+    folder of their own there): task-specific and multi-purpose runs, phases, quality and sizes; the
+    paper's table unpolluted, the multi-purpose families apart."""
     import pandas as pd
 
-    D = PAPER_RECORDS  # the README's commands
+    D = PAPER_RECORDS  # docs/reproducing.md's commands
     code, out, err = cli("import-codecarbon", *map(str, sorted((D / "complete").glob("text_classif_*.csv"))),
                          str(D / "multi-purpose"), "--task", "text-classification",
                          "--dataset-from-file", "_(imdb|sst2|tomatoes)", "--n-samples", "1000",
