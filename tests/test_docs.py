@@ -129,7 +129,8 @@ def _template(node: ast.AST) -> str | None:
 @cache
 def _code_names() -> tuple[frozenset[str], tuple[re.Pattern, ...]]:
     """Every string literal and keyword argument of tracker/, and its f-strings as patterns (a
-    placeholder stands for one name: letters, digits and underscores)."""
+    placeholder stands for one name: letters, digits and underscores). Only f-strings that begin
+    with a stem of their own count: `f"{name}_p{q}"` would match half the names there are."""
     literals, patterns = set(), []
     for file in SOURCES:
         for node in ast.walk(ast.parse(file.read_text())):
@@ -137,7 +138,7 @@ def _code_names() -> tuple[frozenset[str], tuple[re.Pattern, ...]]:
                 literals.add(node.value)
             elif isinstance(node, ast.keyword) and node.arg:
                 literals.add(node.arg)
-            elif isinstance(node, ast.JoinedStr) and (text := _template(node)) and len(text) > 3:
+            elif isinstance(node, ast.JoinedStr) and (text := _template(node)) and re.match(r"[^…]{4}", text):
                 patterns.append(re.compile("".join(r"[a-z0-9_]+" if p == "…" else re.escape(p)
                                                    for p in re.split(r"(…)", text))))
     return frozenset(literals), tuple(patterns)
